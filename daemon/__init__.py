@@ -1,0 +1,1 @@
+"""The castle-bridge daemon: runtime, adapters, configuration, HTTP surface and CLI."""

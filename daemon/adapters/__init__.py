@@ -1,0 +1,1 @@
+"""Production adapters, one per external system, each behind a Protocol in contracts/."""

@@ -1,0 +1,1 @@
+"""Sub-commands of the castle-bridge CLI, one module each."""
