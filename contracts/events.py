@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from contracts import subjects
 from contracts.checks import CheckResult
-from contracts.types import IPAddress, NodeName, Role, Tag
+from contracts.types import IPAddress, NodeName, Role
 
 
 class InboundEvent(BaseModel):
@@ -55,7 +55,9 @@ class TalosReady(InboundEvent):
     ip: IPAddress = Field(description="Management IP the Talos API answers on")
     role: Role = Field(default="worker", description="Kubernetes role of the node")
     talos_version: str | None = Field(
-        default=None, pattern=r"^v?\d+\.\d+(\.\d+)?([-+][0-9A-Za-z.-]+)?$", description="Talos version, e.g. v1.13.9"
+        default=None,
+        pattern=r"^v?\d+\.\d+(\.\d+)?([-+][0-9A-Za-z.-]+)?$",
+        description="Talos version, e.g. v1.13.9",
     )
 
 

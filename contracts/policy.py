@@ -27,7 +27,9 @@ class BridgePolicy(BaseModel):
     verify_vault: bool = True
     heal_budget: int = Field(default=1, ge=0, description="Heals allowed per node per heal window")
     heal_window_seconds: float = 600.0
-    claim_seconds: float = Field(default=120.0, description="How long a patch claim holds before others may take it")
+    claim_seconds: float = Field(
+        default=120.0, description="How long a patch claim holds before others may take it"
+    )
     confirm_seconds: float = Field(default=30.0, description="Delay before the audit's second look")
     audit_concurrency: int = Field(default=16, ge=1)
 
@@ -38,7 +40,9 @@ class BridgePolicy(BaseModel):
         for text in value:
             net = ipaddress.ip_network(text, strict=False)
             if net.version == 4 and net.overlaps(TAILNET_RANGE):
-                raise ValueError(f"{net} overlaps the tailnet range {TAILNET_RANGE}; node identity must stay off it")
+                raise ValueError(
+                    f"{net} overlaps the tailnet range {TAILNET_RANGE}; node identity must stay off it"
+                )
             nets.append(str(net))
         if not nets:
             raise ValueError("at least one lab subnet is required")

@@ -14,7 +14,15 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from contracts.policy import TAILNET_RANGE, BridgePolicy
@@ -66,7 +74,9 @@ class NatsSettings(_Section):
     tls_ca_file: Path | None = None
     tls_cert_file: Path | None = None
     tls_key_file: Path | None = None
-    data_dir: Path = Field(default=Path(".castle-bridge/nats"), description="Embedded server's JetStream store")
+    data_dir: Path = Field(
+        default=Path(".castle-bridge/nats"), description="Embedded server's JetStream store"
+    )
     stream_replicas: int = Field(default=1, ge=1, le=5)
     duplicate_window_seconds: float = Field(default=600.0, gt=0)
     max_age_days: float = Field(default=7.0, gt=0)
@@ -221,7 +231,7 @@ class HttpSettings(_Section):
     @field_validator("listen")
     @classmethod
     def _listen(cls, value: str) -> str:
-        host, sep, port = value.rpartition(":")
+        _host, sep, port = value.rpartition(":")
         if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
             raise ValueError(f"{value!r} is not host:port")
         return value

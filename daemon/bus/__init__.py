@@ -1,0 +1,1 @@
+"""The event runtime on NATS JetStream: stream, codec, publishing, consumers and the outcome policy."""

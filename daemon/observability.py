@@ -1,0 +1,70 @@
+"""Installing the OpenTelemetry SDK: traces (OTLP over HTTP when an endpoint is set) and metrics
+(Prometheus for /metrics, plus OTLP when an endpoint is set).
+
+A TracerProvider is always installed, even with nothing to export, because the trace context must still
+travel from event to event in the `traceparent` header. The standard OTEL_* variables (endpoint,
+headers, service name, resource attributes, OTEL_SDK_DISABLED) are read by the SDK itself.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from opentelemetry import metrics, trace
+from opentelemetry.exporter.prometheus import PrometheusMetricReader
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import MetricReader, PeriodicExportingMetricReader
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from prometheus_client import CollectorRegistry
+
+
+@dataclass
+class Telemetry:
+    tracer_provider: TracerProvider
+    meter_provider: MeterProvider
+    registry: CollectorRegistry  # what /metrics serves
+
+    def add_span_processor(self, processor: SpanProcessor) -> None:
+        self.tracer_provider.add_span_processor(processor)
+
+    def shutdown(self) -> None:
+        self.tracer_provider.force_flush(5000)
+        self.meter_provider.force_flush(5000)
+
+
+_installed: Telemetry | None = None
+
+
+def _otlp_wanted(signal: str) -> bool:
+    exporter = os.environ.get(f"OTEL_{signal.upper()}_EXPORTER", "otlp")
+    endpoint = os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or os.environ.get(
+        f"OTEL_EXPORTER_OTLP_{signal.upper()}_ENDPOINT"
+    )
+    return bool(endpoint) and exporter != "none"
+
+
+def setup_telemetry(service_name: str = "castle-bridge") -> Telemetry:
+    """Install the SDK providers once per process and return them (idempotent)."""
+    global _installed
+    if _installed is not None:
+        return _installed
+    resource = Resource.create({"service.name": os.environ.get("OTEL_SERVICE_NAME", service_name)})
+    tracer_provider = TracerProvider(resource=resource)
+    if _otlp_wanted("traces"):
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+        tracer_provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+    registry = CollectorRegistry(auto_describe=True)
+    readers: list[MetricReader] = [PrometheusMetricReader(registry=registry)]
+    if _otlp_wanted("metrics"):
+        from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
+
+        readers.append(PeriodicExportingMetricReader(OTLPMetricExporter()))
+    meter_provider = MeterProvider(resource=resource, metric_readers=readers)
+    trace.set_tracer_provider(tracer_provider)
+    metrics.set_meter_provider(meter_provider)
+    _installed = Telemetry(tracer_provider, meter_provider, registry)
+    return _installed
