@@ -62,15 +62,17 @@ class Socks5Server:
         self._credentials = credentials
         self._connect_timeout = connect_timeout
         self._server: asyncio.Server | None = None
+        self._bound_port: int | None = None
         self._sessions: set[asyncio.Task[None]] = set()
         # What clients asked for, in order, so tests can prove traffic went through the proxy.
         self.requests: list[tuple[str, int]] = []
 
     @property
     def port(self) -> int:
-        if self._server is None:
+        """The bound port (still known after stop, for messages)."""
+        if self._bound_port is None:
             raise RuntimeError("the SOCKS5 server is not started")
-        return int(self._server.sockets[0].getsockname()[1])
+        return self._bound_port
 
     @property
     def url(self) -> str:
@@ -78,6 +80,7 @@ class Socks5Server:
 
     async def start(self) -> Socks5Server:
         self._server = await asyncio.start_server(self._accept, self._host, self._port)
+        self._bound_port = int(self._server.sockets[0].getsockname()[1])
         return self
 
     async def stop(self) -> None:
