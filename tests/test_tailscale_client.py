@@ -6,6 +6,7 @@ httpx. Sleeps are injected and recorded, so retry tests assert the backoff witho
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import socket
@@ -128,6 +129,13 @@ async def test_one_token_serves_many_calls(tailnet: Tailnet) -> None:
         await client.create_auth_key(f"w{n}")
     await client.list_devices()
     await client.revoke_key(tailnet.sim.minted_keys[0])
+    assert tailnet.sim.token_requests == 1
+
+
+async def test_concurrent_first_calls_share_one_token(tailnet: Tailnet) -> None:
+    client = tailnet.client()
+    results = await asyncio.gather(*(client.list_devices() for _ in range(8)))
+    assert results == [[]] * 8
     assert tailnet.sim.token_requests == 1
 
 

@@ -263,11 +263,8 @@ class TailscaleClient:
                 f"{where}: the OAuth client credentials were refused (HTTP {status}: {message}); "
                 f"{_CREDENTIALS_HINT}"
             )
-        if (
-            status == 400
-            and "tag" in message.lower()
-            and ("invalid" in message or "not permitted" in message)
-        ):
+        lowered = message.lower()
+        if status == 400 and "tag" in lowered and ("invalid" in lowered or "not permitted" in lowered):
             return TagNotPermitted(self._settings.tags, message)
         if status in (401, 403):
             return AuthError(f"{where}: HTTP {status}: {message}; {_CREDENTIALS_HINT}")
