@@ -368,6 +368,36 @@ async def test_a_silent_listener_costs_one_step_timeout(pki: Pki) -> None:
     assert elapsed < 1.0
 
 
+async def test_a_ca_file_that_is_not_pem_fails_tls_clearly(tmp_path: Path) -> None:
+    async def accept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read()
+        writer.close()
+
+    not_pem = tmp_path / "ca.pem"
+    not_pem.write_text("this is not a certificate\n")
+    server = await asyncio.start_server(accept, "127.0.0.1", 0)
+    try:
+        report = await prober(f"https://{FQDN}:{server.sockets[0].getsockname()[1]}", not_pem).vault()
+    finally:
+        server.close()
+        await server.wait_closed()
+    tls = report.step("tls")
+    assert tls is not None and not tls.ok
+    assert tls.detail.startswith(f"cannot load the CA in {not_pem}") and "must be PEM" in tls.detail
+
+
+async def test_a_name_that_resolves_to_a_tailnet_address_is_offered_as_the_fix() -> None:
+    async def magicdns(_host: str) -> list[str]:
+        return ["100.100.7.7", "fd7a:115c:a1e0::7"]
+
+    vault = VaultSettings(url=f"https://{FQDN}")
+    report = await VaultMeshProber(vault, MeshSettings(), resolve=magicdns).vault()
+
+    assert report.step("dns").ok  # type: ignore[union-attr]
+    detail = report.step("tailnet_ip").detail  # type: ignore[union-attr]
+    assert "set CASTLE_BRIDGE_VAULT__TAILNET_IP" in detail and "resolves to 100.100.7.7" in detail
+
+
 async def test_system_resolver_answers_for_localhost_and_not_for_nonsense() -> None:
     assert {"127.0.0.1", "::1"} & set(await system_resolve("localhost"))
     assert await system_resolve("no-such-host.invalid") == []

@@ -194,7 +194,7 @@ async def test_mesh_direct_to_a_listener_passes_and_to_a_closed_port_fails_fast(
     started = time.monotonic()
     down = await mesh_prober().mesh("127.0.0.1", closed_port())
 
-    assert (up.name, up.ok) == ("mesh", True) and "directly: connected" in up.detail
+    assert (up.name, up.ok) == ("mesh", True) and up.detail == f"connected to 127.0.0.1:{port} directly"
     assert (down.name, down.ok) == ("mesh", False) and "connection refused" in down.detail
     assert time.monotonic() - started < 1.0
 

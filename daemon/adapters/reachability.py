@@ -23,6 +23,7 @@ from urllib.parse import urlsplit
 
 from contracts.checks import CheckResult
 from contracts.errors import CastleError
+from contracts.policy import TAILNET_RANGE
 from contracts.reachability import VaultReport
 from contracts.redact import redact
 from contracts.tailnet import Device
@@ -37,7 +38,6 @@ Stream = tuple[asyncio.StreamReader, asyncio.StreamWriter]
 VAULT_DEFAULT_PORT = 8200
 HEALTH_PATH = "/v1/sys/health"
 MAX_BODY_BYTES = 64 * 1024
-TAILNET_RANGE = ipaddress.ip_network("100.64.0.0/10")
 
 # Vault's /v1/sys/health codes; OpenBao answers the same endpoint with the same codes.
 HEALTH_CODES: dict[int, tuple[bool, str]] = {
@@ -120,7 +120,7 @@ class VaultMeshProber:
         if ip is None:
             checks += _skipped(("tcp", "tls", "http", "contract"), "tailnet_ip")
             return
-        tcp, stream = await _run_step("tcp", limit, lambda: self._step_tcp(ip))
+        tcp, stream = await _run_step("tcp", limit, lambda: self._step_connect(ip, self.port))
         checks.append(tcp)
         if stream is None:
             checks += _skipped(("tls", "http", "contract"), "tcp")
@@ -181,19 +181,24 @@ class VaultMeshProber:
         offline = " (it reports no control connection)" if device.connected_to_control is False else ""
         return f"{address} from the tailnet device {device.name} (id {device.id}){offline}", address
 
-    async def _step_tcp(self, ip: str) -> tuple[str, Stream]:
+    async def _step_connect(self, host: str, port: int) -> tuple[str, Stream]:
         try:
-            stream = await self._open(ip, self.port)
+            stream = await self._open(host, port)
         except OSError as exc:
-            raise _StepFailed(_tcp_failure(ip, self.port, exc)) from None
+            raise _StepFailed(_tcp_failure(host, port, exc)) from None
         except CastleError as exc:
             raise _StepFailed(str(exc)) from None
-        return f"connected to {_hostport(ip, self.port)} {self.route}", stream
+        return f"connected to {_hostport(host, port)} {self.route}", stream
 
     async def _step_tls(self, stream: Stream) -> tuple[str, Stream]:
         ca = self._vault.ca_file
         trust = f"the CA in {ca}" if ca else "the system trust store"
-        context = ssl.create_default_context(cafile=str(ca) if ca else None)
+        try:
+            context = ssl.create_default_context(cafile=str(ca) if ca else None)
+        except (ssl.SSLError, OSError) as exc:
+            raise _StepFailed(
+                f"cannot load {trust} ({exc}): {ENV_PREFIX}VAULT__CA_FILE must be PEM"
+            ) from None
         context.minimum_version = ssl.TLSVersion.TLSv1_2
         context.set_alpn_protocols(["http/1.1"])
         writer = stream[1]
@@ -226,9 +231,9 @@ class VaultMeshProber:
             f"GET {HEALTH_PATH} HTTP/1.1\r\nHost: {self.host_header}\r\nUser-Agent: castle-bridge\r\n"
             "Accept: application/json\r\nConnection: close\r\n\r\n"
         )
-        writer.write(request.encode("ascii"))
-        await writer.drain()
         try:
+            writer.write(request.encode("ascii"))
+            await writer.drain()
             status, body = await _read_response(reader)
         except (asyncio.IncompleteReadError, ConnectionError, ssl.SSLError) as exc:
             raise _StepFailed(
@@ -248,33 +253,23 @@ class VaultMeshProber:
         return f"{self.fqdn} is a custom alias, not a native MagicDNS name"
 
     def _step_contract(self) -> CheckResult:
-        if is_magicdns_name(self.fqdn):
-            return CheckResult(name="contract", ok=True, detail=self._contract_note(), latency_ms=0.0)
-        return CheckResult(
-            name="contract",
-            ok=False,
-            latency_ms=0.0,
-            detail=(
-                f"{self._contract_note()} (<label>.<tailnet>.ts.net): the architecture converges on the "
-                f"MagicDNS name; point {ENV_PREFIX}VAULT__URL at https://<vault device>.<tailnet>.ts.net:"
-                f"{self.port} and issue Vault's certificate for it"
-            ),
+        native = is_magicdns_name(self.fqdn)
+        fix = (
+            ""
+            if native
+            else " (<label>.<tailnet>.ts.net): the architecture converges on the MagicDNS name; point "
+            f"{ENV_PREFIX}VAULT__URL at https://<vault device>.<tailnet>.ts.net:{self.port} and issue "
+            "Vault's certificate for it"
         )
+        return CheckResult(name="contract", ok=native, detail=self._contract_note() + fix, latency_ms=0.0)
 
     # -- the mesh check ---------------------------------------------------------------------------
 
     async def mesh(self, address: str, port: int = 50000) -> CheckResult:
-        async def connect() -> tuple[str, None]:
-            try:
-                _reader, writer = await self._open(address, port)
-            except OSError as exc:
-                raise _StepFailed(_tcp_failure(address, port, exc)) from None
-            except CastleError as exc:
-                raise _StepFailed(str(exc)) from None
-            await _close(writer)
-            return f"TCP to {_hostport(address, port)} {self.route}: connected", None
-
-        result, _ = await _run_step("mesh", self._mesh.connect_timeout_seconds, connect)
+        limit = self._mesh.connect_timeout_seconds
+        result, stream = await _run_step("mesh", limit, lambda: self._step_connect(address, port))
+        if stream is not None:
+            await _close(stream[1])
         return result
 
     async def _open(self, host: str, port: int) -> Stream:
