@@ -77,6 +77,9 @@ class NatsSettings(_Section):
     data_dir: Path = Field(
         default=Path(".castle-bridge/nats"), description="Embedded server's JetStream store"
     )
+    embedded_port: int = Field(
+        default=4222, ge=0, le=65535, description="Embedded server's port on 127.0.0.1 (0 = any free port)"
+    )
     stream_replicas: int = Field(default=1, ge=1, le=5)
     duplicate_window_seconds: float = Field(default=600.0, gt=0)
     max_age_days: float = Field(default=7.0, gt=0)
@@ -199,7 +202,7 @@ class VaultSettings(_Section):
 
     @property
     def port(self) -> int:
-        return urlsplit(self.url).port or 443
+        return urlsplit(self.url).port or 8200  # Vault's own default port
 
 
 class MeshSettings(_Section):
