@@ -177,6 +177,7 @@ class Daemon:
 
     async def _close_nats(self) -> None:
         if self.nc is not None and not self.nc.is_closed:
+            self.connection.closing = True
             with contextlib.suppress(Exception):
                 await self.nc.drain()
             with contextlib.suppress(Exception):

@@ -19,6 +19,7 @@ class ConnectionState:
     """What /readyz reports about the bus."""
 
     connected: bool = False
+    closing: bool = False  # set before a deliberate close, so it is not reported as an outage
     reconnects: int = 0
     last_error: str | None = None
     servers: list[str] = field(default_factory=list)
@@ -34,7 +35,11 @@ def _tls_context(settings: NatsSettings) -> ssl.SSLContext | None:
 
 
 async def connect(
-    servers: list[str], settings: NatsSettings, *, name: str = "castle-bridge", state: ConnectionState | None = None
+    servers: list[str],
+    settings: NatsSettings,
+    *,
+    name: str = "castle-bridge",
+    state: ConnectionState | None = None,
 ) -> Client:
     """Connect and keep reconnecting for ever: a daemon must outlive a NATS restart."""
     state = state or ConnectionState()
@@ -42,7 +47,8 @@ async def connect(
 
     async def disconnected() -> None:
         state.connected = False
-        log.warning("disconnected from NATS")
+        if not state.closing:
+            log.warning("disconnected from NATS; reconnecting")
 
     async def reconnected() -> None:
         state.connected = True
