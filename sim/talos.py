@@ -396,8 +396,10 @@ async def _accept_and_close(reader: asyncio.StreamReader, writer: asyncio.Stream
         await writer.wait_closed()
 
 
-def _redacted(document: dict[str, Any]) -> dict[str, Any]:
-    out = dict(document)
-    if isinstance(out.get("environment"), list):
-        out["environment"] = [redact(str(e)) for e in out["environment"]]
-    return out
+def _redacted(value: Any) -> Any:
+    """A deep copy with every string passed through `redact` (keys may hide anywhere in a patch)."""
+    if isinstance(value, dict):
+        return {k: _redacted(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_redacted(v) for v in value]
+    return redact(value) if isinstance(value, str) else value

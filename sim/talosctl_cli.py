@@ -96,7 +96,10 @@ def parse(argv: list[str]) -> Invocation:
             if inv.command is None:
                 inv.command = _COMMAND_ALIASES.get(token, token)
                 if inv.command not in _COMMAND_VALUES:
-                    raise UsageError(f'unknown command "{token}" for "talosctl"')
+                    known = ", ".join(sorted(_COMMAND_VALUES))
+                    raise UsageError(
+                        f'unknown command "{token}" for "talosctl" (the simulator implements {known})'
+                    )
             else:
                 inv.args.append(token)
             continue

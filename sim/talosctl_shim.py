@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-STDIN_PATCH = "@/dev/stdin"
+STDIN_PATH = "/dev/stdin"
 EXEC_PATH = "/sim/talos/v1/exec"
 
 
@@ -62,10 +62,8 @@ def _context(argv: list[str]) -> tuple[str, dict[str, Any]]:
 
 
 def _reads_stdin(argv: list[str]) -> bool:
-    return any(
-        token == STDIN_PATCH or token.endswith("=" + STDIN_PATCH) or token == "-p" + STDIN_PATCH
-        for token in argv
-    )
+    # `-p @/dev/stdin`, `--patch=@/dev/stdin`, `-p@/dev/stdin` or `--patch-file /dev/stdin`.
+    return any(STDIN_PATH in token for token in argv)
 
 
 def _fail(message: str) -> int:

@@ -224,7 +224,7 @@ async def test_talosctl_error_texts_follow_the_talos_version(sim: TalosSim) -> N
     assert code == 1 and 'resource "frobnicators" is not registered' in err
     code, _, err = await talosctl(sim, "-n", old, "patch", "mc", "-p", "{}", "--mode=sometimes")
     assert code == 1 and 'invalid argument "sometimes" for "-m, --mode" flag' in err
-    assert (await talosctl(sim, "frob"))[2] == 'unknown command "frob" for "talosctl"\n'
+    assert (await talosctl(sim, "frob"))[2].startswith('unknown command "frob" for "talosctl"')
     assert (await talosctl(sim, "-n", old, "get", "ms", "--bogus"))[2] == "unknown flag: --bogus\n"
     code, out, _ = await talosctl(sim, "--nodes", new, "version")
     assert code == 0 and "Server:\n\tNODE:        " + new in out and "\tTag:         v1.14.0-rc.1\n" in out
