@@ -10,13 +10,14 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections.abc import Mapping
-from typing import Any
-
-from pydantic import SecretStr
+from typing import TYPE_CHECKING, Any
 
 from contracts.errors import Permanent
 from contracts.policy import TAILNET_RANGE, BridgePolicy
 from contracts.talos import AUTHKEY_VAR, BridgePatch, patch_digest
+
+if TYPE_CHECKING:  # the key type comes with the contracts; render itself never touches the value
+    from pydantic import SecretStr
 
 # `$patch: delete` of a whole document arrived in Talos 1.8; 1.14 is the newest schema we checked.
 OLDEST_SUPPORTED = (1, 8)
