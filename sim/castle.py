@@ -170,7 +170,6 @@ class SimCastle:
             "mesh": {"socks5_proxy": self.proxy.url, "apid_port": self.apid_port},
         }
 
-    @property
-    def oauth_secret(self) -> str:
-        """For leak scans in tests only."""
-        return self._secret
+    def secrets(self) -> list[str]:
+        """Every secret in play (keys minted, access tokens, the OAuth secret): what leak scans look for."""
+        return [*self.tailnet.key_secrets(), *self.tailnet.token_values(), self._secret]

@@ -148,6 +148,10 @@ class TailnetSim:
             "tags": " ".join(client.tags),
         }
 
+    def key_secrets(self) -> list[str]:
+        """Every AuthKey secret ever minted here (for tests that scan for leaks)."""
+        return [record.secret for record in self._keys.values()]
+
     def token_values(self) -> list[str]:
         """Every live access token (for tests that prove tokens never leak; never print these)."""
         return list(self._tokens)

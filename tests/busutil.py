@@ -27,12 +27,10 @@ async def stream_messages(js: JetStreamContext, stream: str, subject: str = ">")
     )
     out: list[Msg] = []
     try:
-        while True:
-            try:
-                batch = await sub.fetch(256, timeout=0.5)
-            except TimeoutError:
-                break
-            out.extend(batch)
+        # The consumer knows how many messages match at creation: fetch exactly those, no idle wait.
+        total = (await sub.consumer_info()).num_pending or 0
+        while len(out) < total:
+            out.extend(await sub.fetch(min(256, total - len(out)), timeout=5))
     finally:
         await sub.unsubscribe()
     return out
