@@ -103,16 +103,16 @@ async def mint_and_apply(
     except Exception as exc:
         await release(deps, state.name, f"minting failed: {exc}")
         raise
-    await mutate_state(
-        deps.state,
-        state.name,
-        lambda s: (
-            s
-            and s.model_copy(
-                update={"key_id": key.key_id, "key_expires_at": key.expires, "keys_minted": s.keys_minted + 1}
-            )
-        ),
-    )
+
+    def minted(current: NodeState | None) -> NodeState | None:
+        # Recorded before applying, with the digest it is meant for: a replica taking over after a
+        # crash can revoke this key, or see that this very patch landed and adopt it instead.
+        if current is None:
+            return None
+        update = {"key_id": key.key_id, "key_expires_at": key.expires, "patch_digest": patch.digest}
+        return current.model_copy(update={**update, "keys_minted": current.keys_minted + 1})
+
+    await mutate_state(deps.state, state.name, minted)
     try:
         await deps.talos.apply_patch(state.ip, patch.model_copy(update={"auth_key": key.secret}))
     except Permanent as exc:

@@ -1,7 +1,8 @@
 """talos.ready -> reap stale devices -> mint one key -> apply the patch (revoke on failure) -> bridge.patched.
 
-Idempotent under redelivery and duplicates: a node whose recorded digest matches, whose tailscale config
-is in place and whose device is online is never minted for again; at most it is verified again.
+Idempotent under redelivery, duplicates and crashes: a node whose recorded digest matches, whose tailscale
+config is in place and whose device is online is never minted for again; at most it is verified again.
+That includes a node patched by a replica that died before recording it: the bridge is adopted.
 """
 
 from __future__ import annotations
@@ -19,6 +20,11 @@ from handlers.state_ops import mutate_state
 Existing = tuple[bool, BridgePatched | None]
 
 
+def _claimed_elsewhere(deps: Deps, state: NodeState) -> bool:
+    live = state.claim_until is not None and state.claim_until > deps.clock.now()
+    return state.phase == "patching" and state.claim_owner != deps.replica and live
+
+
 async def _existing_bridge(deps: Deps, state: NodeState | None, patch: BridgePatch) -> Existing:
     """(already bridged?, the event to verify it again, if it needs one)."""
     if (
@@ -26,19 +32,22 @@ async def _existing_bridge(deps: Deps, state: NodeState | None, patch: BridgePat
         or state.patch_digest != patch.digest
         or state.key_id is None
         or not state.key_expires_at
+        or _claimed_elsewhere(deps, state)  # claim() will defer with Retry
     ):
         return False, None
     current = await deps.talos.extension_config(state.ip)
     if current is None or current.without_key() != patch.environment:
         return False, None
-    if state.phase in ("patched", "verified", "patching"):
+    if state.phase in ("patched", "verified"):
         return True, None  # a duplicate or a redelivery; the verification under way decides
-    device = the_device(
-        await deps.tailnet.find_devices(state.name), state.name, deps.policy, deps.clock.now()
-    )
-    if device is None or not is_online(device, deps.clock.now()):
+    # The config is in place but the record says otherwise: a duplicate vm.created reset the phase, or
+    # the replica that applied it died before recording the outcome. If the device joined, adopt it.
+    now = deps.clock.now()
+    device = the_device(await deps.tailnet.find_devices(state.name), state.name, deps.policy, now)
+    if device is None or not is_online(device, now):
         return False, None
-    await mutate_state(deps.state, state.name, lambda s: s and s.model_copy(update={"phase": "patched"}))
+    adopted = {"phase": "patched", "claim_owner": None, "claim_until": None, "last_error": None}
+    await mutate_state(deps.state, state.name, lambda s: s and s.model_copy(update=adopted))
     return True, BridgePatched(
         name=state.name,
         ip=state.ip,

@@ -254,3 +254,24 @@ async def test_forget_deletes_our_devices_revokes_the_key_and_drops_state():
     assert list(w.tailnet.devices) == [personal.node_id]
     assert w.tailnet.revoked == ["k1FAKE"] and await w.state.get(NAME) is None
     await forget_node.handle(VmDestroyed(name=NAME), w.deps)  # already gone: still fine
+
+
+async def test_a_patch_that_landed_before_its_replica_died_is_adopted_not_minted_again():
+    w = make_world(replica="replica-b")
+    node = w.talos.add(IP, NAME)
+    first = await patch_bridge.handle(ready(), w.deps)  # replica-a's work, as it happened
+    assert isinstance(first, BridgePatched) and node.running
+    # ...but replica-a died before recording the outcome: the record still shows its expired claim.
+    crashed = w.state.state(NAME).model_copy(
+        update={
+            "phase": "patching",
+            "claim_owner": "replica-a",
+            "claim_until": w.clock.now() - timedelta(seconds=1),
+        }
+    )
+    await w.state.update(crashed, (await w.state.get(NAME)).revision)
+    again = await patch_bridge.handle(ready(), w.deps)
+    assert isinstance(again, BridgePatched) and again.key_id == first.key_id
+    assert len(w.tailnet.key_requests) == 1 and w.tailnet.revoked == []
+    state = w.state.state(NAME)
+    assert state.phase == "patched" and state.claim_owner is None
