@@ -7,6 +7,10 @@ the SDK providers (OTLP export, Prometheus reader). Attribute values are ids and
 from __future__ import annotations
 
 from opentelemetry import metrics, trace
+from pydantic import BaseModel
+
+from contracts.checks import first_failure
+from contracts.events import BridgeDrift, BridgeFailed, BridgePatched, BridgeVerified, VaultReachability
 
 TRACER = trace.get_tracer("castle-bridge")
 METER = metrics.get_meter("castle-bridge")
@@ -37,3 +41,38 @@ VERIFICATIONS = METER.create_counter(
 DRIFT_FINDINGS = METER.create_counter("castle_bridge_drift_findings", description="Drift findings, by kind")
 HEALS = METER.create_counter("castle_bridge_heals", description="Heals started, by outcome")
 VAULT_CHECKS = METER.create_counter("castle_bridge_vault_checks", description="Vault matrix runs, by outcome")
+BRIDGE_FAILURES = METER.create_counter("castle_bridge_failures", description="bridge.failed events, by stage")
+VAULT_REACHABLE = METER.create_gauge(
+    "castle_bridge_vault_reachable", description="1 when the last Vault matrix passed, 0 otherwise"
+)
+VAULT_CONSECUTIVE_FAILURES = METER.create_gauge(
+    "castle_bridge_vault_consecutive_failures", description="Failed Vault matrix runs in a row"
+)
+
+
+def record_outcome(event: BaseModel) -> None:
+    """Outcome metrics, read off the events the daemon publishes (one place, no handler plumbing)."""
+    if isinstance(event, BridgeVerified):
+        VERIFICATIONS.add(1, {"outcome": "verified", "failing_check": "none"})
+    elif isinstance(event, BridgeFailed):
+        BRIDGE_FAILURES.add(1, {"stage": event.stage})
+        if event.stage == "verify":
+            failing = first_failure(event.checks)
+            VERIFICATIONS.add(
+                1, {"outcome": "failed", "failing_check": failing.name if failing else "unknown"}
+            )
+        elif event.stage == "heal":
+            HEALS.add(1, {"outcome": "refused"})
+    elif isinstance(event, BridgeDrift):
+        for finding in event.findings:
+            DRIFT_FINDINGS.add(1, {"kind": finding.kind})
+    elif isinstance(event, BridgePatched) and event.heal:
+        HEALS.add(1, {"outcome": "patched"})
+    elif isinstance(event, VaultReachability):
+        failing = first_failure(event.checks)
+        VAULT_CHECKS.add(
+            1,
+            {"outcome": "ok" if event.ok else "failed", "failing_step": failing.name if failing else "none"},
+        )
+        VAULT_REACHABLE.set(1 if event.ok else 0)
+        VAULT_CONSECUTIVE_FAILURES.set(event.consecutive_failures)

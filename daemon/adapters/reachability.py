@@ -21,6 +21,8 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
+from opentelemetry.trace import SpanKind, Status, StatusCode
+
 from contracts.checks import CheckResult
 from contracts.errors import CastleError
 from contracts.policy import TAILNET_RANGE
@@ -29,6 +31,7 @@ from contracts.redact import redact
 from contracts.tailnet import Device
 from daemon.adapters import socks5
 from daemon.config import ENV_PREFIX, MeshSettings, VaultSettings
+from daemon.telemetry import TRACER
 
 T = TypeVar("T")
 DevicesFn = Callable[[], Awaitable[list[Device]]]
@@ -285,23 +288,28 @@ async def _run_step(
     *,
     informational: bool = False,
 ) -> tuple[CheckResult, T | None]:
-    """Run one step under its own timeout; any failure becomes a failed CheckResult, never an exception."""
+    """Run one step under its own timeout (and span); any failure becomes a failed CheckResult."""
     started = time.perf_counter()
     value: T | None = None
-    try:
-        async with asyncio.timeout(limit_seconds):
-            detail, value = await action()
-        ok = True
-    except _StepFailed as exc:
-        ok, detail = False, exc.detail
-    except TimeoutError:
-        ok, detail = False, f"no answer within {limit_seconds:g}s{_TIMEOUT_HINTS.get(name, '')}"
-    except Exception as exc:
-        ok, detail = False, f"unexpected {type(exc).__name__}: {exc}"
-    latency = round((time.perf_counter() - started) * 1000, 3)
-    result = CheckResult(
-        name=name, ok=ok, detail=redact(detail), latency_ms=latency, informational=informational
-    )
+    with TRACER.start_as_current_span(f"reachability {name}", kind=SpanKind.CLIENT) as span:
+        try:
+            async with asyncio.timeout(limit_seconds):
+                detail, value = await action()
+            ok = True
+        except _StepFailed as exc:
+            ok, detail = False, exc.detail
+        except TimeoutError:
+            ok, detail = False, f"no answer within {limit_seconds:g}s{_TIMEOUT_HINTS.get(name, '')}"
+        except Exception as exc:
+            ok, detail = False, f"unexpected {type(exc).__name__}: {exc}"
+        latency = round((time.perf_counter() - started) * 1000, 3)
+        result = CheckResult(
+            name=name, ok=ok, detail=redact(detail), latency_ms=latency, informational=informational
+        )
+        span.set_attribute("castle.step", name)
+        span.set_attribute("castle.check_ok", ok)
+        if not ok and not informational:
+            span.set_status(Status(StatusCode.ERROR, result.detail[:300]))
     return result, value
 
 

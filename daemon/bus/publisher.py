@@ -14,7 +14,7 @@ from pydantic import BaseModel
 from contracts.events import EVENT_MODELS, SUBJECT_OF
 from contracts.subjects import EVENT_SOURCE
 from daemon.bus.codec import encode
-from daemon.telemetry import EVENTS_PUBLISHED, TRACER
+from daemon.telemetry import EVENTS_PUBLISHED, TRACER, record_outcome
 
 
 def subject_for(event: BaseModel) -> str:
@@ -63,4 +63,6 @@ class Publisher:
             if getattr(ack, "duplicate", False):
                 trace.get_current_span().set_attribute("messaging.nats.duplicate", True)
         EVENTS_PUBLISHED.add(1, {"subject": subject})
+        if not getattr(ack, "duplicate", False):
+            record_outcome(event)
         return ack
