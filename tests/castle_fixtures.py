@@ -18,6 +18,7 @@ from nats.js import JetStreamContext
 
 from contracts import subjects
 from contracts.events import VmCreated
+from contracts.policy import Clock
 from daemon.app import Daemon
 from daemon.bus.publisher import Publisher
 from daemon.config import Settings, load_settings
@@ -131,7 +132,12 @@ class Castle:
 
 @contextlib.asynccontextmanager
 async def simulated_castle(
-    server: NatsServer, workdir: Path, *, start_daemon: bool = True, **extra: dict[str, Any]
+    server: NatsServer,
+    workdir: Path,
+    *,
+    start_daemon: bool = True,
+    clock: Clock | None = None,
+    **extra: dict[str, Any],
 ) -> AsyncIterator[Castle]:
     async with SimCastle(workdir) as sim:
         settings = castle_settings(sim, server.url, **extra)
@@ -139,7 +145,7 @@ async def simulated_castle(
         harness = Castle(sim, settings, server, nc.jetstream())
         try:
             if start_daemon:
-                async with Daemon(settings) as daemon:
+                async with Daemon(settings, clock=clock) as daemon:
                     harness.daemon = daemon
                     yield harness
             else:
