@@ -58,7 +58,7 @@ def setup_telemetry(service_name: str = "castle-bridge") -> Telemetry:
 
         tracer_provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
     registry = CollectorRegistry(auto_describe=True)
-    readers: list[MetricReader] = [PrometheusMetricReader(registry=registry)]
+    readers: list[MetricReader] = [PrometheusMetricReader(registry=registry, scope_info_enabled=False)]
     if _otlp_wanted("metrics"):
         from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
 
