@@ -69,8 +69,8 @@ class SimCastle:
     talosconfig: Path = field(init=False)
     ca_file: Path = field(init=False)
     vault_device: JoinedDevice | None = field(init=False, default=None)
-    _secret: str = field(
-        init=False, repr=False, default_factory=lambda: "tskey-client-" + secrets.token_urlsafe(24)
+    client_secret: str = field(
+        repr=False, default_factory=lambda: "tskey-client-" + secrets.token_urlsafe(24)
     )
     _stack: contextlib.AsyncExitStack = field(init=False, default_factory=contextlib.AsyncExitStack)
     _next_host: int = field(init=False, default=10)
@@ -89,7 +89,7 @@ class SimCastle:
     async def _start(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.tailnet = TailnetSim(self.domain)
-        self.tailnet.add_oauth_client(self.client_id, self._secret, self.tags)
+        self.tailnet.add_oauth_client(self.client_id, self.client_secret, self.tags)
         self.api_url = await self._stack.enter_async_context(serve_tailnet(self.tailnet))
         self.talos = TalosSim(self.tailnet, apid_port=self.apid_port, join_delay=self.join_delay)
         await self._stack.enter_async_context(self.talos)
@@ -157,7 +157,7 @@ class SimCastle:
             "tailscale": {
                 "api_url": self.api_url,
                 "oauth_client_id": self.client_id,
-                "oauth_client_secret": self._secret,
+                "oauth_client_secret": self.client_secret,
                 "tags": list(self.tags),
                 "dns_domain": self.domain,
             },
@@ -172,4 +172,4 @@ class SimCastle:
 
     def secrets(self) -> list[str]:
         """Every secret in play (keys minted, access tokens, the OAuth secret): what leak scans look for."""
-        return [*self.tailnet.key_secrets(), *self.tailnet.token_values(), self._secret]
+        return [*self.tailnet.key_secrets(), *self.tailnet.token_values(), self.client_secret]

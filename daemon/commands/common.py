@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator, Sequence
 from nats.aio.client import Client
 
 from daemon.app import embedded_url_file
-from daemon.bus.connection import connect
+from daemon.bus.connection import ConnectionState, connect
 from daemon.config import ConfigError, Settings
 
 
@@ -27,10 +27,12 @@ def bus_servers(settings: Settings) -> list[str]:
 
 @contextlib.asynccontextmanager
 async def bus(settings: Settings) -> AsyncIterator[Client]:
-    nc = await connect(bus_servers(settings), settings.nats, name="castle-bridge cli")
+    state = ConnectionState()
+    nc = await connect(bus_servers(settings), settings.nats, name="castle-bridge cli", state=state)
     try:
         yield nc
     finally:
+        state.closing = True
         await nc.close()
 
 

@@ -63,7 +63,12 @@ def run(args: argparse.Namespace) -> int:
     ack = asyncio.run(publish())
     print(
         json.dumps(
-            {"subject": args.subject, "stream": ack.stream, "sequence": ack.seq, "duplicate": ack.duplicate}
+            {
+                "subject": args.subject,
+                "stream": ack.stream,
+                "sequence": ack.seq,
+                "duplicate": bool(ack.duplicate),
+            }
         )
     )
     return 0
