@@ -54,26 +54,46 @@ def _authorized(request: web.Request, daemon: Daemon) -> web.Response | None:
 async def _read_json(request: web.Request, limit: int) -> Any:
     if request.content_length is not None and request.content_length > limit:
         raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=request.content_length)
-    body = await request.content.read(limit + 1)
-    if len(body) > limit:
-        raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=len(body))
+    # Read to the end: one read() returns only what has arrived so far, which cut larger (or chunked)
+    # bodies short and answered a valid hook with "not valid JSON".
+    body = bytearray()
+    async for chunk in request.content.iter_any():
+        body += chunk
+        if len(body) > limit:
+            raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=len(body))
     try:
         return json.loads(body.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ValueError(f"body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise ValueError("body is not valid JSON: nested too deeply") from None
 
 
 def _event_of(body: Any) -> tuple[str, BaseModel]:
     if not isinstance(body, dict):
         raise ValueError(f"body must be a JSON object, got {type(body).__name__}")
-    kind = body.get("event") or PHASES.get(str(body.get("phase", "")), "created")
-    if kind not in EVENTS:
-        raise ValueError(f"event must be one of {sorted(EVENTS)}, got {str(kind)[:40]!r}")
-    subject, model = EVENTS[kind]
+    subject, model = EVENTS[_kind_of(body)]
     try:
         return subject, model.model_validate(body)
     except ValidationError as exc:
         raise ValueError(describe_validation(exc)) from None
+
+
+def _kind_of(body: dict[str, Any]) -> str:
+    """`event` when given, else what the hookscript phase means; a phase we do not act on is refused
+    (a `post-stop` must not announce a VM as created)."""
+    kind = body.get("event")
+    if kind is not None:
+        if not isinstance(kind, str) or kind not in EVENTS:
+            raise ValueError(f"event must be one of {sorted(EVENTS)}, got {str(kind)[:40]!r}")
+        return kind
+    phase = body.get("phase")
+    if phase is None:
+        return "created"
+    if not isinstance(phase, str) or phase not in PHASES:
+        acted_on = ", ".join(f"{p} -> {k}" for p, k in PHASES.items())
+        raise ValueError(f"phase {str(phase)[:40]!r} is not one castle-bridge acts on ({acted_on})")
+    return PHASES[phase]
 
 
 def _dedupe_id(request: web.Request, subject: str, event: BaseModel) -> str:
