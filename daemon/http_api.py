@@ -75,7 +75,8 @@ async def serve_http(daemon: Daemon) -> AsyncIterator[str]:
     await runner.setup()
     site = web.TCPSite(runner, http.host, http.port)
     await site.start()
-    sockets = site._server.sockets if site._server else []  # type: ignore[union-attr]
+    server: Any = site._server  # aiohttp exposes the bound sockets only through its server object
+    sockets = getattr(server, "sockets", None) or []
     port = sockets[0].getsockname()[1] if sockets else http.port
     host = http.host if ":" not in http.host else f"[{http.host}]"
     try:

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from opentelemetry import context as otel_context
 from opentelemetry import propagate
 from pydantic import BaseModel
 
 from contracts import subjects
 from contracts.state import StateStore
-from daemon.bus.runtime import Route
+from daemon.bus.runtime import Handler, ParentLookup, Route
 from daemon.config import Settings
 from handlers import (
     audit_bridges,
@@ -21,7 +23,7 @@ from handlers import (
 )
 
 
-def _journey_of(state: StateStore):  # type: ignore[no-untyped-def]
+def _journey_of(state: StateStore) -> ParentLookup:
     """A drift found by the audit continues its node's journey trace (kept in the node's state)."""
 
     async def lookup(event: BaseModel) -> otel_context.Context | None:
@@ -36,52 +38,33 @@ def _journey_of(state: StateStore):  # type: ignore[no-untyped-def]
 
 def build_routes(settings: Settings, state: StateStore, prefix: str = "castle-bridge") -> list[Route]:
     n = settings.nats
-    common = {"ack_wait": n.ack_wait_seconds, "max_deliver": n.max_deliver}
+
+    def route(
+        subject: str, handler: Handler, name: str, concurrency: int = n.concurrency, **kw: Any
+    ) -> Route:
+        return Route(
+            subject,
+            handler,
+            f"{prefix}-{name}",
+            concurrency=concurrency,
+            ack_wait=n.ack_wait_seconds,
+            max_deliver=n.max_deliver,
+            **kw,
+        )
+
     return [
-        Route(
-            subjects.VM_CREATED,
-            await_talos.handle,
-            f"{prefix}-await-talos",
-            concurrency=n.concurrency,
-            **common,
-        ),
-        Route(
-            subjects.TALOS_READY,
-            patch_bridge.handle,
-            f"{prefix}-patch-bridge",
-            concurrency=n.concurrency,
-            **common,
-        ),
-        Route(
-            subjects.BRIDGE_PATCHED,
-            verify_bridge.handle,
-            f"{prefix}-verify-bridge",
-            concurrency=n.concurrency,
-            **common,
-        ),
-        Route(
-            subjects.VM_DESTROYED,
-            forget_node.handle,
-            f"{prefix}-forget-node",
-            concurrency=n.concurrency,
-            **common,
-        ),
-        Route(
-            subjects.BRIDGE_DRIFT,
-            heal_bridge.handle,
-            f"{prefix}-heal-bridge",
-            concurrency=n.concurrency,
-            **common,
-        ),
-        Route(
-            subjects.VAULT_CHECK_TICK, check_vault.handle, f"{prefix}-check-vault", concurrency=1, **common
-        ),
-        Route(
+        route(subjects.VM_CREATED, await_talos.handle, "await-talos"),
+        route(subjects.TALOS_READY, patch_bridge.handle, "patch-bridge"),
+        route(subjects.BRIDGE_PATCHED, verify_bridge.handle, "verify-bridge"),
+        route(subjects.VM_DESTROYED, forget_node.handle, "forget-node"),
+        route(subjects.BRIDGE_DRIFT, heal_bridge.handle, "heal-bridge"),
+        # Ticks: one at a time; the audit itself fans out with its own bounded concurrency.
+        route(subjects.VAULT_CHECK_TICK, check_vault.handle, "check-vault", concurrency=1),
+        route(
             subjects.BRIDGE_AUDIT_TICK,
             audit_bridges.handle,
-            f"{prefix}-audit-bridges",
+            "audit-bridges",
             concurrency=1,
             output_parent=_journey_of(state),
-            **common,
         ),
     ]

@@ -91,7 +91,7 @@ class KvStateStore:
                 if entry.value:
                     states.append(NodeState.model_validate_json(entry.value))
         finally:
-            await watcher.stop()
+            await watcher.stop()  # type: ignore[no-untyped-call]
         return sorted(states, key=lambda s: s.name)
 
     async def get_vault_status(self) -> VaultStatus | None:

@@ -93,6 +93,10 @@ class _Bound:
     fetcher: asyncio.Task[None] | None = None
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
+    def finished(self, task: asyncio.Task[None]) -> None:
+        self.tasks.discard(task)
+        self.slots.give()
+
 
 class Runtime:
     """Consumes every route until stopped; `stop()` is the graceful SIGTERM path."""
@@ -213,7 +217,7 @@ class Runtime:
                     continue
                 task = asyncio.create_task(self._process(b, msg))
                 b.tasks.add(task)
-                task.add_done_callback(lambda t, b=b: (b.tasks.discard(t), b.slots.give()))
+                task.add_done_callback(b.finished)
 
     async def _heartbeat(self, msg: Msg, ack_wait: float) -> None:
         # Slow handlers (verification polls for minutes) keep their message with progress acks.
@@ -229,7 +233,7 @@ class Runtime:
         meta = msg.metadata
         deliveries = meta.num_delivered or 1
         headers = dict(msg.headers or {})
-        attributes = {
+        attributes: dict[str, str | int] = {
             "messaging.system": "nats",
             "messaging.operation": "process",
             "messaging.destination.name": msg.subject,

@@ -148,7 +148,9 @@ def _detail(subject: str, body: dict[str, object]) -> str:
     if subject == subjects.BRIDGE_PATCHED:
         return f"key {body.get('key_id')} minted, config applied"
     if subject == subjects.BRIDGE_VERIFIED:
-        return f"{body.get('magicdns_name')} {list(body.get('tailnet_ips') or [])[:1]}"
+        addresses = body.get("tailnet_ips")
+        first = addresses[0] if isinstance(addresses, list) and addresses else "-"
+        return f"{body.get('magicdns_name')} {first}"
     if subject in (subjects.BRIDGE_FAILED, subjects.BRIDGE_DRIFT):
         return str(body.get("reason") or body.get("findings"))[:100]
     return ""
