@@ -2,14 +2,29 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Sequence
+from urllib.parse import urlsplit
 
 from nats.aio.client import Client
 
 from daemon.app import embedded_url_file
 from daemon.bus.connection import ConnectionState, connect
 from daemon.config import ConfigError, Settings
+
+# The daemon reconnects for ever; a command must give up and say so instead of hanging.
+CONNECT_TIMEOUT_SECONDS = 10.0
+
+
+class BusUnreachable(ConfigError):
+    """NATS did not answer. Reported like bad configuration (one line, exit 2): the URL is what to check."""
+
+
+def shown_url(url: str) -> str:
+    """A NATS URL without its user:password part, fit for a message."""
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}"
 
 
 def bus_servers(settings: Settings) -> list[str]:
@@ -26,9 +41,19 @@ def bus_servers(settings: Settings) -> list[str]:
 
 
 @contextlib.asynccontextmanager
-async def bus(settings: Settings) -> AsyncIterator[Client]:
+async def bus(settings: Settings, timeout: float | None = None) -> AsyncIterator[Client]:
+    servers = bus_servers(settings)
+    timeout = CONNECT_TIMEOUT_SECONDS if timeout is None else timeout
     state = ConnectionState()
-    nc = await connect(bus_servers(settings), settings.nats, name="castle-bridge cli", state=state)
+    try:
+        nc = await asyncio.wait_for(
+            connect(servers, settings.nats, name="castle-bridge cli", state=state), timeout
+        )
+    except TimeoutError:
+        raise BusUnreachable(
+            f"NATS at {', '.join(shown_url(s) for s in servers)} did not answer within {timeout:g}s; "
+            "check CASTLE_BRIDGE_NATS__URL (nats.url) and that the server runs"
+        ) from None
     try:
         yield nc
     finally:
