@@ -9,7 +9,7 @@ takes over an expired claim can revoke the key a crashed replica left behind.
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from contracts.errors import NotFound, Permanent, Retry
 from contracts.events import BridgeFailed, BridgePatched
@@ -18,6 +18,7 @@ from contracts.talos import BridgePatch
 from contracts.types import Role
 from handlers.deps import Deps
 from handlers.devices import is_online, is_ours
+from handlers.render import render_patch
 from handlers.state_ops import mutate_state, with_error
 
 Admit = Callable[[NodeState | None], dict[str, object]]
@@ -125,13 +126,35 @@ async def mint_and_apply(
         await release(deps, state.name, f"patch not applied: {exc}", phase="talos_ready")
         raise
     await release(deps, state.name, note, phase="patched", patch_digest=patch.digest)
+    return patched_event(state, patch, key.key_id, key.expires, heal=heal)
+
+
+def patched_event(
+    state: NodeState, patch: BridgePatch, key_id: str, expires: datetime, *, heal: bool = False
+) -> BridgePatched:
     return BridgePatched(
         name=state.name,
         ip=state.ip,
         role=state.role,
-        key_id=key.key_id,
-        key_expires_at=key.expires,
+        key_id=key_id,
+        key_expires_at=expires,
         patch_digest=patch.digest,
         talos_version=patch.talos_version,
         heal=heal,
+    )
+
+
+async def desired_patch(
+    deps: Deps, name: str, ip: str, role: Role, talos_version: str, *, narrow_node_ip: bool
+) -> BridgePatch:
+    """The patch for the node as it is now (keyless: the key is attached only when applying)."""
+    return render_patch(
+        node=name,
+        ip=ip,
+        role=role,
+        talos_version=talos_version,
+        policy=deps.policy,
+        auth_key=None,
+        extension_exists=await deps.talos.extension_config(ip) is not None,
+        narrow_node_ip=narrow_node_ip,
     )

@@ -10,9 +10,8 @@ from datetime import timedelta
 
 from contracts.events import BridgeDrift, BridgeFailed, BridgePatched
 from contracts.state import NodeState
-from handlers.bridging import Admit, claim, mint_and_apply, reap_stale_devices, release
+from handlers.bridging import Admit, claim, desired_patch, mint_and_apply, reap_stale_devices, release
 from handlers.deps import Deps
-from handlers.render import render_patch
 from handlers.state_ops import mutate_state, with_error
 
 DEVICE_KINDS = frozenset({"device_renamed", "device_untagged"})
@@ -50,16 +49,8 @@ async def handle(event: BridgeDrift, deps: Deps) -> BridgePatched | BridgeFailed
         include_online = any(f.kind in DEVICE_KINDS for f in healable)
         await reap_stale_devices(deps, event.name, include_online=include_online)
         version = state.talos_version or await deps.talos.version(event.ip)
-        patch = render_patch(
-            node=event.name,
-            ip=event.ip,
-            role=event.role,
-            talos_version=version,
-            policy=deps.policy,
-            auth_key=None,
-            extension_exists=await deps.talos.extension_config(event.ip) is not None,
-            narrow_node_ip=False,
-        )
+        # The extension config only: node-IP settings of a live kubelet are never touched by a heal.
+        patch = await desired_patch(deps, event.name, event.ip, event.role, version, narrow_node_ip=False)
     except Exception as exc:
         await release(deps, event.name, f"heal could not start: {exc}", phase="verified")
         raise

@@ -10,11 +10,10 @@ from __future__ import annotations
 from contracts.events import BridgeFailed, BridgePatched, TalosReady
 from contracts.state import NodeState
 from contracts.talos import BridgePatch
-from handlers.bridging import claim, mint_and_apply, reap_stale_devices, release
+from handlers.bridging import claim, desired_patch, mint_and_apply, patched_event, reap_stale_devices, release
 from handlers.deps import Deps
 from handlers.devices import is_online, the_device
 from handlers.nodeip import narrowing_decision
-from handlers.render import render_patch
 from handlers.state_ops import mutate_state
 
 Existing = tuple[bool, BridgePatched | None]
@@ -48,30 +47,13 @@ async def _existing_bridge(deps: Deps, state: NodeState | None, patch: BridgePat
         return False, None
     adopted = {"phase": "patched", "claim_owner": None, "claim_until": None, "last_error": None}
     await mutate_state(deps.state, state.name, lambda s: s and s.model_copy(update=adopted))
-    return True, BridgePatched(
-        name=state.name,
-        ip=state.ip,
-        role=state.role,
-        key_id=state.key_id,
-        key_expires_at=state.key_expires_at,
-        patch_digest=patch.digest,
-        talos_version=patch.talos_version,
-    )
+    return True, patched_event(state, patch, state.key_id, state.key_expires_at)
 
 
 async def handle(event: TalosReady, deps: Deps) -> BridgePatched | BridgeFailed | None:
     version = event.talos_version or await deps.talos.version(event.ip)
     narrow, note = await narrowing_decision(deps, event.ip)
-    patch = render_patch(
-        node=event.name,
-        ip=event.ip,
-        role=event.role,
-        talos_version=version,
-        policy=deps.policy,
-        auth_key=None,
-        extension_exists=await deps.talos.extension_config(event.ip) is not None,
-        narrow_node_ip=narrow,
-    )
+    patch = await desired_patch(deps, event.name, event.ip, event.role, version, narrow_node_ip=narrow)
     current = await deps.state.get(event.name)
     bridged, again = await _existing_bridge(deps, current.state if current else None, patch)
     if bridged:
