@@ -1,6 +1,6 @@
 """`castle-bridge plan NODE`: what bridging NODE would mint and apply, and how that differs from the node.
 
-Nothing is changed. The documents come from the code the daemon runs (`handlers.render`,
+Nothing is changed. The documents come from the code the daemon runs (`handlers.bridging.desired_patch`,
 `handlers.nodeip`), rendered without a key (it reads `<redacted>`), against what the real adapters read
 from the node (talosctl) and the tailnet (when OAuth credentials are configured). The adapters are wrapped
 so that any write (minting or revoking a key, deleting a device, patching, writing state) raises instead
@@ -26,17 +26,18 @@ from contracts.errors import CastleError, Permanent
 from contracts.state import NodeState
 from contracts.tailnet import Device
 from contracts.talos import BridgePatch, ExtensionConfigState
-from contracts.types import IPAddress, NodeName
+from contracts.types import IPAddress, NodeName, Role
 from daemon.adapters.tailscale_wire import key_description, key_request
 from daemon.adapters.talos import STDIN_PATCH, TalosctlNodes
 from daemon.clock import SystemClock
 from daemon.commands.common import bus
 from daemon.config import ConfigError, Settings, load_settings
 from daemon.state import KvStateStore
+from handlers.bridging import desired_patch
 from handlers.deps import Deps
 from handlers.devices import is_online, is_ours
 from handlers.nodeip import narrowing_decision
-from handlers.render import environment_differences, render_patch
+from handlers.render import environment_differences
 
 # Every port method that changes something; a plan only reads.
 _WRITES = frozenset(
@@ -88,7 +89,7 @@ class Refused(Exception):
 class Plan:
     node: str
     ip: str
-    role: str
+    role: Role
     talos_version: str
     state: NodeState | None
     key: dict[str, Any]
@@ -186,7 +187,7 @@ async def stale_devices(deps: Deps, node: str, notes: list[str]) -> list[Device]
 
 
 async def make_plan(
-    settings: Settings, node: str, *, ip: str | None, role: str | None, talos_version: str | None
+    settings: Settings, node: str, *, ip: str | None, role: Role | None, talos_version: str | None
 ) -> Plan:
     notes: list[str] = []
     state = await read_state(settings, node, notes, required=ip is None)
@@ -209,17 +210,8 @@ async def make_plan(
         version = talos_version or await talos.version(ip)
         current = await talos.extension_config(ip)
         narrow, note = await narrowing_decision(deps, ip)
-        try:
-            patch = render_patch(
-                node=node,
-                ip=ip,
-                role=role,
-                talos_version=version,
-                policy=deps.policy,
-                auth_key=None,
-                extension_exists=current is not None,
-                narrow_node_ip=narrow,
-            )
+        try:  # exactly what patch_bridge renders
+            patch = await desired_patch(deps, node, ip, role, version, narrow_node_ip=narrow)
         except Permanent as exc:
             raise Refused(exc.reason) from None
         reap = await stale_devices(deps, node, notes) if tailnet is not None else None
