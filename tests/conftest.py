@@ -14,7 +14,6 @@ import nats
 import pytest
 from nats.aio.client import Client
 from nats.js import JetStreamContext
-
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 

@@ -54,7 +54,10 @@ def route(subject: str, handler: Any, durable: str, **kw: Any) -> Route:
 async def test_routes_each_subject_to_its_handler_with_the_typed_model(js, castle_stream):
     created, ready = Recorder(), Recorder()
     rt = await start_runtime(
-        js, castle_stream, route(subjects.VM_CREATED, created, "t-created"), route(subjects.TALOS_READY, ready, "t-ready")
+        js,
+        castle_stream,
+        route(subjects.VM_CREATED, created, "t-created"),
+        route(subjects.TALOS_READY, ready, "t-ready"),
     )
     try:
         await js.publish(subjects.VM_CREATED, json.dumps(VM).encode())  # plain body, no headers
@@ -85,7 +88,9 @@ async def test_structured_cloudevent_body_and_unknown_fields_are_accepted(js, ca
         await rt.stop()
 
 
-async def test_publish_sets_dedupe_cloudevents_and_trace_headers_and_duplicates_are_dropped(js, castle_stream):
+async def test_publish_sets_dedupe_cloudevents_and_trace_headers_and_duplicates_are_dropped(
+    js, castle_stream
+):
     created = Recorder()
     rt = await start_runtime(js, castle_stream, route(subjects.VM_CREATED, created, "t-dup"))
     pub = Publisher(js)
@@ -163,7 +168,9 @@ async def test_transient_error_is_retried_then_succeeds(js, castle_stream):
         (b"", "empty"),
     ],
 )
-async def test_invalid_payload_is_dead_lettered_and_the_next_message_handled(js, castle_stream, body, reason_part):
+async def test_invalid_payload_is_dead_lettered_and_the_next_message_handled(
+    js, castle_stream, body, reason_part
+):
     handler = Recorder()
     rt = await start_runtime(js, castle_stream, route(subjects.VM_CREATED, handler, "t-invalid"))
     try:
@@ -213,7 +220,9 @@ async def test_poison_message_is_dead_lettered_after_max_deliveries(js, castle_s
         await rt.stop()
 
 
-async def test_a_message_whose_handler_never_finished_is_redelivered_to_another_instance(nats_server, castle_stream):
+async def test_a_message_whose_handler_never_finished_is_redelivered_to_another_instance(
+    nats_server, castle_stream
+):
     # Instance A takes the message and "crashes": its connection dies without acking.
     nc_a = await nats.connect(nats_server.url)
     js_a = nc_a.jetstream()
@@ -223,7 +232,9 @@ async def test_a_message_whose_handler_never_finished_is_redelivered_to_another_
         started.set()
         await asyncio.Event().wait()
 
-    rt_a = await start_runtime(js_a, castle_stream, route(subjects.VM_CREATED, Recorder(hang), "t-crash", ack_wait=1.0))
+    rt_a = await start_runtime(
+        js_a, castle_stream, route(subjects.VM_CREATED, Recorder(hang), "t-crash", ack_wait=1.0)
+    )
     await js_a.publish(subjects.VM_CREATED, json.dumps(VM).encode())
     await asyncio.wait_for(started.wait(), 10)
     for b in rt_a._bound:  # simulate the crash: stop heartbeats and vanish without settling
@@ -236,7 +247,9 @@ async def test_a_message_whose_handler_never_finished_is_redelivered_to_another_
     nc_b = await nats.connect(nats_server.url)
     js_b = nc_b.jetstream()
     survivor = Recorder()
-    rt_b = await start_runtime(js_b, castle_stream, route(subjects.VM_CREATED, survivor, "t-crash", ack_wait=1.0))
+    rt_b = await start_runtime(
+        js_b, castle_stream, route(subjects.VM_CREATED, survivor, "t-crash", ack_wait=1.0)
+    )
     try:
         await eventually(lambda: len(survivor.seen) == 1, within=10)
         assert survivor.seen[0].name == VM["name"]
