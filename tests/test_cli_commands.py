@@ -180,6 +180,20 @@ async def test_commands_give_up_on_an_unreachable_bus_naming_the_setting(
         assert "pw" not in err  # the URL's password is not repeated
 
 
+async def test_on_a_bare_nats_emit_says_how_to_get_a_stream_and_status_shows_nothing(
+    workdir: Path, cli: Cli, tmp_path: Path
+):
+    with NatsServer(tmp_path / "bare-nats") as bare:
+        config = write_config(workdir / "bare.toml", {"nats": {"url": bare.url}})
+
+        emitted = await cli(config, "emit", "vm.destroyed", "--name=tazlab-k8s-worker-1")
+        status = await cli(config, "status")
+
+    assert emitted[0] == 1 and emitted[1] == ""
+    assert "no stream captures vm.destroyed" in emitted[2] and "castle-bridge run" in emitted[2]
+    assert status[0] == 0 and status[1].startswith("no nodes recorded yet")
+
+
 # -- plan --------------------------------------------------------------------------------------------
 
 
