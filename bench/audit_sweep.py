@@ -122,12 +122,13 @@ async def run(nodes: int = 1000, latency: float = 0.05, audit_concurrency: int =
                 ideal = len(TALOS_CALLS_PER_NODE) * latency * waves + latency
                 before = castle.calls.copy()
                 tick = SchedulerTick(job="audit-bridges", period_start=datetime.now(UTC))
-                started = time.perf_counter()
+                started, cpu = time.perf_counter(), time.process_time()
                 await publisher.publish(
                     tick, subject=subjects.BRIDGE_AUDIT_TICK, msg_id=f"audit-bridges:{uuid.uuid4()}"
                 )
                 await _until_handled(daemon.runtime, within=max(120.0, 10 * ideal))
                 wall = time.perf_counter() - started
+                cpu = time.process_time() - cpu
                 rss["tracking"] = rss_mb()
                 await nc.flush()
             finally:
@@ -160,6 +161,7 @@ async def run(nodes: int = 1000, latency: float = 0.05, audit_concurrency: int =
         "waves": waves,
         "wall_s": round(wall, 4),
         "ideal_s": round(ideal, 4),
+        "cpu_s": round(cpu, 3),  # this process (daemon + bench), during the sweep
         "calls": dict(calls),
         "drift_events": len(drifts),
         "rss_mb": {k: round(v, 1) for k, v in rss.items()},

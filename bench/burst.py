@@ -115,10 +115,11 @@ async def run(nodes: int = 200, latency: float = 0.05, concurrency: int = 32, sa
                 burst = [_created(castle, f"tazlab-k8s-worker-{i}", sample + i) for i in range(nodes)]
                 critical = statistics.median(alone)
                 waves = math.ceil(nodes / concurrency)
-                started = time.perf_counter()
+                started, cpu = time.perf_counter(), time.process_time()
                 await asyncio.gather(*(publisher.publish(event) for event in burst))
                 await outcomes.wait([e.name for e in burst], within=max(120.0, 10 * critical * waves))
                 wall = max(outcomes.seen[e.name][1] for e in burst) - started
+                cpu = time.process_time() - cpu
             finally:
                 await nc.close()
     failed = sorted(e.name for e in burst if outcomes.seen[e.name][0] != "verified")
@@ -150,6 +151,8 @@ async def run(nodes: int = 200, latency: float = 0.05, concurrency: int = 32, sa
         "external_calls_per_node": round(calls_alone, 1),
         "external_wait_per_node_s": round(calls_alone * latency, 4),
         "wall_s": round(wall, 4),
+        "cpu_s": round(cpu, 3),  # this process (daemon + bench), during the burst
+        "cpu_ms_per_node": round(cpu * 1000 / nodes, 2),
         "nodes_failed": len(failed),
     }
     return Result("burst", rows, details, peak_rss_mb())

@@ -86,9 +86,12 @@ async def _all_acked(js: JetStreamContext, stream: str, durable: str, messages: 
         await asyncio.sleep(0.05)
 
 
-async def raw_seconds(js: JetStreamContext, stream: str, subject: str, messages: int, batch: int) -> float:
+Timing = tuple[float, float]  # (wall seconds, CPU seconds of this process) of the timed region
+
+
+async def time_raw(js: JetStreamContext, stream: str, subject: str, messages: int, batch: int) -> Timing:
     durable = "raw"
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     await js.add_consumer(stream, _consumer(durable, subject, batch))  # type: ignore[arg-type]
     sub = await js.pull_subscribe_bind(durable=durable, stream=stream)
     done = 0
@@ -97,15 +100,15 @@ async def raw_seconds(js: JetStreamContext, stream: str, subject: str, messages:
         for msg in msgs:
             await msg.ack()
         done += len(msgs)
-    elapsed = time.perf_counter() - started
+    elapsed = time.perf_counter() - started, time.process_time() - cpu
     await sub.unsubscribe()
     await _all_acked(js, stream, durable, messages)
     return elapsed
 
 
-async def runtime_seconds(
+async def time_runtime(
     js: JetStreamContext, stream: str, subject: str, messages: int, concurrency: int
-) -> float:
+) -> Timing:
     durable = "runtime"
     handled = 0
     all_handled = asyncio.Event()
@@ -118,13 +121,13 @@ async def runtime_seconds(
 
     route = Route(subject, noop, durable, concurrency=concurrency, ack_wait=ACK_WAIT, model=VmCreated)
     runtime = Runtime(js, Publisher(js, source="bench/throughput"), stream, [route], deps=None)
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     await runtime.start()
     try:
         await asyncio.wait_for(all_handled.wait(), timeout=max(60.0, messages / 100))
         while runtime.in_flight:  # the last tasks are settling: their acks are being sent
             await asyncio.sleep(0)
-        elapsed = time.perf_counter() - started
+        elapsed = time.perf_counter() - started, time.process_time() - cpu
     finally:
         await runtime.stop(grace=5)
     await _all_acked(js, stream, durable, messages)
@@ -133,6 +136,7 @@ async def runtime_seconds(
 
 async def run(messages: int = 20_000, concurrency: int = 32, repeats: int = 2) -> Result:
     rates: dict[str, list[float]] = {"raw": [], "runtime": []}
+    cpu_us: dict[str, list[float]] = {"raw": [], "runtime": []}
     with private_server() as server:
         nc = await nats.connect(server.url)
         js = nc.jetstream()
@@ -141,10 +145,11 @@ async def run(messages: int = 20_000, concurrency: int = 32, repeats: int = 2) -
                 for kind in ("raw", "runtime"):
                     stream, subject = await _fill(nc, js, messages)
                     if kind == "raw":
-                        seconds = await raw_seconds(js, stream, subject, messages, concurrency)
+                        wall, cpu = await time_raw(js, stream, subject, messages, concurrency)
                     else:
-                        seconds = await runtime_seconds(js, stream, subject, messages, concurrency)
-                    rates[kind].append(messages / seconds)
+                        wall, cpu = await time_runtime(js, stream, subject, messages, concurrency)
+                    rates[kind].append(messages / wall)
+                    cpu_us[kind].append(cpu * 1e6 / messages)
                     await js.delete_stream(stream)
         finally:
             await nc.close()
@@ -156,7 +161,10 @@ async def run(messages: int = 20_000, concurrency: int = 32, repeats: int = 2) -
         unit="msg/s",
         ratio=ours / raw,
         target=TARGET,
-        note=f"{messages} msgs, batch = concurrency = {concurrency}, best of {repeats}",
+        note=(
+            f"{messages} msgs, batch = concurrency = {concurrency}, best of {repeats}; CPU per message: "
+            f"raw {min(cpu_us['raw']):.0f} us, runtime {min(cpu_us['runtime']):.0f} us"
+        ),
     )
     details = {
         "messages": messages,
@@ -164,6 +172,8 @@ async def run(messages: int = 20_000, concurrency: int = 32, repeats: int = 2) -
         "repeats": repeats,
         "raw_rates": [round(r) for r in rates["raw"]],
         "runtime_rates": [round(r) for r in rates["runtime"]],
+        "raw_cpu_us_per_msg": [round(c, 1) for c in cpu_us["raw"]],
+        "runtime_cpu_us_per_msg": [round(c, 1) for c in cpu_us["runtime"]],
     }
     return Result("throughput", [row], details, peak_rss_mb())
 
