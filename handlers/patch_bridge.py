@@ -37,8 +37,12 @@ async def _existing_bridge(deps: Deps, state: NodeState | None, patch: BridgePat
     current = await deps.talos.extension_config(state.ip)
     if current is None or current.without_key() != patch.environment:
         return False, None
-    if state.phase in ("patched", "verified"):
-        return True, None  # a duplicate or a redelivery; the verification under way decides
+    if state.phase == "verified":
+        return True, None  # a duplicate: the journey already ended verified
+    if state.phase == "patched":
+        # Announce it again: the state is written before the runtime stores bridge.patched, so the first
+        # announcement may have been lost with the bus. A redelivery's copy keeps its de-duplication id.
+        return True, patched_event(state, patch, state.key_id, state.key_expires_at)
     # The config is in place but the record says otherwise: a duplicate vm.created reset the phase, or
     # the replica that applied it died before recording the outcome. If the device joined, adopt it.
     now = deps.clock.now()
