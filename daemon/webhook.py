@@ -2,8 +2,8 @@
 
 Nothing is accepted that is not stored: the answer is 202 only after JetStream acknowledged the event,
 and 503 (retry) while NATS is unavailable. A retried or replayed hook is harmless: the event's
-de-duplication id comes from the `Idempotency-Key` header, else from the body, so JetStream stores it
-once and the answer says `duplicate`.
+de-duplication id comes from the `Idempotency-Key` header, else from the body and the minute, so
+JetStream stores it once and the answer says `duplicate`.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import time
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
@@ -27,6 +28,9 @@ EVENTS: dict[str, tuple[str, type[BaseModel]]] = {
     "created": (subjects.VM_CREATED, VmCreated),
     "destroyed": (subjects.VM_DESTROYED, VmDestroyed),
 }
+DERIVED_ID_BUCKET_SECONDS = 60
+now = time.time  # replaceable in tests
+
 # Hookscript phases that mean the VM (re)appeared with a fresh Talos to bridge.
 PHASES = {"post-start": "created", "pre-destroy": "destroyed", "post-destroy": "destroyed"}
 
@@ -102,8 +106,12 @@ def _dedupe_id(request: web.Request, subject: str, event: BaseModel) -> str:
         if len(key) > 200 or not key.isprintable():
             raise ValueError("Idempotency-Key must be at most 200 printable characters")
         return f"hook:{subject}:{key}"
+    # Without a key, the body stands in for one, within a one-minute bucket: a retry (seconds later) is
+    # recognised, while the same VM re-created minutes later in a rebirth is a new announcement and not
+    # dropped as a duplicate. (A retry that straddles a bucket edge publishes twice: the chain is
+    # idempotent, so that costs a re-check, never a second key.)
     digest = hashlib.sha256(event.model_dump_json().encode()).hexdigest()[:32]
-    return f"hook:{subject}:{digest}"
+    return f"hook:{subject}:{digest}:{int(now() // DERIVED_ID_BUCKET_SECONDS)}"
 
 
 async def handle_proxmox_hook(request: web.Request) -> web.Response:

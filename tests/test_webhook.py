@@ -91,6 +91,24 @@ async def test_without_an_idempotency_key_the_same_body_is_a_duplicate(
     assert len(await stored(daemon, subjects.VM_CREATED, "tazlab-k8s-worker-4")) == 1
 
 
+async def test_the_same_body_minutes_later_is_a_new_announcement_not_a_duplicate(
+    daemon: Daemon, http: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+):
+    # A rebirth re-creates the VM with the same name and IP: without an Idempotency-Key it must still
+    # be announced again, not swallowed as a retry of the first birth.
+    import daemon.webhook as webhook
+
+    body = {"name": "tazlab-k8s-worker-19", "ip": "192.168.1.119"}
+    now = 1_800_000_000.0
+    monkeypatch.setattr(webhook, "now", lambda: now)
+    first = await http.post(HOOK, json=body, headers=AUTH)
+    now += 5 * 60
+    reborn = await http.post(HOOK, json=body, headers=AUTH)
+    assert [first.status_code, reborn.status_code] == [202, 202]
+    assert first.json()["msg_id"] != reborn.json()["msg_id"]
+    assert len(await stored(daemon, subjects.VM_CREATED, "tazlab-k8s-worker-19")) == 2
+
+
 @pytest.mark.parametrize(
     "body",
     [
