@@ -14,6 +14,7 @@ from datetime import datetime, timedelta
 from contracts.errors import NotFound, Permanent, Retry
 from contracts.events import BridgeFailed, BridgePatched
 from contracts.state import NodeState
+from contracts.tailnet import Device
 from contracts.talos import BridgePatch
 from contracts.types import Role
 from handlers.deps import Deps
@@ -36,8 +37,11 @@ async def claim(deps: Deps, name: str, ip: str, role: Role, *, admit: Admit | No
     def change(current: NodeState | None) -> NodeState:
         if current and current.phase == "patching" and current.claim_owner != deps.replica:
             if current.claim_until and current.claim_until > now:
+                # Come back when the claim lapses, not before: every redelivery that finds it live
+                # spends one of the message's max_deliver, and the owner may be dead (it holds the
+                # claim until then). Shorter retries used up the budget before a 120 s claim lapsed.
                 wait = (current.claim_until - now).total_seconds()
-                raise Retry(f"{current.claim_owner} is patching {name}", delay=min(max(wait, 1.0), 10.0))
+                raise Retry(f"{current.claim_owner} is patching {name}", delay=max(wait, 1.0))
             if current.key_id:
                 orphan[:] = [current.key_id]  # minted by a replica that died before finishing
         base = current or NodeState(name=name, ip=ip, role=role, phase="talos_ready")
@@ -70,11 +74,15 @@ async def release(deps: Deps, name: str, error: str | None, **updates: object) -
     await mutate_state(deps.state, name, change)
 
 
-async def reap_stale_devices(deps: Deps, name: str, *, include_online: bool = False) -> list[str]:
-    """Delete our devices of this hostname that would push the new one to `name-1`."""
+def stale(devices: list[Device], deps: Deps, *, include_online: bool = False) -> list[Device]:
+    """Our devices of a hostname that would push a new registration to `name-1`."""
     now = deps.clock.now()
-    devices = await deps.tailnet.find_devices(name)
-    doomed = [d for d in devices if is_ours(d, deps.policy) and (include_online or not is_online(d, now))]
+    return [d for d in devices if is_ours(d, deps.policy) and (include_online or not is_online(d, now))]
+
+
+async def reap_stale_devices(deps: Deps, name: str, *, include_online: bool = False) -> list[str]:
+    """Delete our stale devices of this hostname (a device already gone counts as deleted)."""
+    doomed = stale(await deps.tailnet.find_devices(name), deps, include_online=include_online)
     for device in doomed:
         await deps.tailnet.delete_device(device.node_id)
     return [d.node_id for d in doomed]

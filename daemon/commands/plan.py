@@ -33,9 +33,8 @@ from daemon.clock import SystemClock
 from daemon.commands.common import bus
 from daemon.config import ConfigError, Settings, load_settings
 from daemon.state import KvStateStore
-from handlers.bridging import desired_patch
+from handlers.bridging import desired_patch, stale
 from handlers.deps import Deps
-from handlers.devices import is_online, is_ours
 from handlers.nodeip import narrowing_decision
 from handlers.render import environment_differences
 
@@ -182,8 +181,7 @@ async def stale_devices(deps: Deps, node: str, notes: list[str]) -> list[Device]
     except CastleError as exc:
         notes.append(f"stale devices not checked: {exc}")
         return None
-    now = deps.clock.now()
-    return [d for d in devices if is_ours(d, deps.policy) and not is_online(d, now)]
+    return stale(devices, deps)
 
 
 async def make_plan(
