@@ -28,6 +28,7 @@ from datetime import UTC, datetime, timedelta
 
 import nats
 from nats.aio.msg import Msg
+from nats.js import JetStreamContext
 
 from bench.common import (
     DOMAIN,
@@ -86,14 +87,22 @@ def verified_record(castle: LatencyCastle, index: int) -> NodeState:
     )
 
 
-async def _until_handled(runtime: Runtime, within: float) -> None:
-    """The tick was fetched, handled and settled: the runtime had it in flight, and has nothing now."""
+AUDIT_CONSUMER = "castle-bridge-audit-bridges"  # daemon/routes.py, with the Daemon's default prefix
+
+
+async def _until_acknowledged(
+    runtime: Runtime, js: JetStreamContext, stream: str, sequence: int, within: float
+) -> None:
+    """The daemon handled the tick and the server has its ack. The consumer is asked only while the
+    runtime has nothing in flight, so the sweep itself is not slowed by the polling."""
     deadline = time.monotonic() + within
-    for busy in (False, True):
-        while (runtime.in_flight > 0) == busy:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"the audit tick was not handled within {within:.0f}s")
-            await asyncio.sleep(0.001)
+    while time.monotonic() < deadline:
+        if runtime.in_flight == 0:
+            info = await js.consumer_info(stream, AUDIT_CONSUMER)
+            if info.ack_floor.stream_seq >= sequence:
+                return
+        await asyncio.sleep(0.001)
+    raise TimeoutError(f"the audit tick was not handled within {within:.0f}s")
 
 
 async def run(nodes: int = 1000, latency: float = 0.05, audit_concurrency: int = 16) -> Result:
@@ -117,16 +126,19 @@ async def run(nodes: int = 1000, latency: float = 0.05, audit_concurrency: int =
                     drifts.append(msg.data)
 
                 await nc.subscribe(subjects.BRIDGE_DRIFT, cb=on_drift)
-                publisher = Publisher(nc.jetstream(), source="bench/audit")
+                js = nc.jetstream()
+                publisher = Publisher(js, source="bench/audit")
                 waves = math.ceil(nodes / audit_concurrency)
                 ideal = len(TALOS_CALLS_PER_NODE) * latency * waves + latency
                 before = castle.calls.copy()
                 tick = SchedulerTick(job="audit-bridges", period_start=datetime.now(UTC))
                 started, cpu = time.perf_counter(), time.process_time()
-                await publisher.publish(
+                ack = await publisher.publish(
                     tick, subject=subjects.BRIDGE_AUDIT_TICK, msg_id=f"audit-bridges:{uuid.uuid4()}"
                 )
-                await _until_handled(daemon.runtime, within=max(120.0, 10 * ideal))
+                await _until_acknowledged(
+                    daemon.runtime, js, settings.nats.stream, ack.seq, within=max(120.0, 10 * ideal)
+                )
                 wall = time.perf_counter() - started
                 cpu = time.process_time() - cpu
                 rss["tracking"] = rss_mb()
