@@ -144,7 +144,7 @@ async def test_a_live_claim_of_another_replica_defers_without_minting():
     )
     with pytest.raises(Retry) as caught:
         await patch_bridge.handle(ready(), w.deps)
-    assert "replica-a is patching" in caught.value.reason and caught.value.delay == 10.0
+    assert "replica-a is patching" in caught.value.reason and caught.value.delay == 60.0  # until it lapses
     assert w.tailnet.key_requests == [] and w.tailnet.revoked == []
 
 
