@@ -9,8 +9,14 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from bench import audit_sweep, burst, run, throughput
-from bench.common import Result, render_markdown
+from bench.common import DOMAIN, TAGS, Result, render_markdown
+from bench.latency_adapters import LatencyCastle, lab_ip
+from contracts.errors import Transient
+from contracts.talos import BridgePatch
+from handlers.render import desired_environment
 
 
 def _positive(result: Result) -> None:
@@ -43,3 +49,36 @@ async def test_each_benchmark_runs_at_a_tiny_size_and_the_table_has_every_row() 
 
     again = [Result.from_json(json.loads(json.dumps(r.to_json()))) for r in results]
     assert [r.rows for r in again] == [r.rows for r in results]
+
+
+async def test_latency_adapters_behave_like_a_castle_not_like_a_shortcut() -> None:
+    castle = LatencyCastle(0.0, domain=DOMAIN, tags=TAGS)
+    node = castle.boot("tazlab-k8s-worker-1", lab_ip(0))
+    key = await castle.tailnet.create_auth_key(node.name)
+    patch = BridgePatch(
+        node=node.name,
+        talos_version="v1.13.9",
+        environment=desired_environment(node.name, TAGS),
+        auth_key=key.secret,
+        delete_existing=False,
+        digest="sha256:0",
+    )
+    await castle.talos.apply_patch(node.ip, patch)
+    first = await castle.tailnet.find_devices(node.name)
+    assert [d.name for d in first] == [f"{node.name}.{DOMAIN}"]
+    assert (await castle.talos.service(node.ip)).running
+
+    await castle.talos.apply_patch(node.ip, patch.model_copy(update={"delete_existing": True}))
+    assert len(await castle.tailnet.find_devices(node.name)) == 1  # a used key joins nothing
+
+    second = await castle.tailnet.create_auth_key(node.name)
+    await castle.talos.apply_patch(node.ip, patch.model_copy(update={"auth_key": second.secret}))
+    names = sorted(d.name for d in await castle.tailnet.find_devices(node.name))
+    assert names == [f"{node.name}-1.{DOMAIN}", f"{node.name}.{DOMAIN}"]  # the name was taken
+    config = await castle.talos.extension_config(node.ip)
+    assert config is not None  # the third patch did not delete the document first: Talos appended
+    assert config.environment.count(f"TS_HOSTNAME={node.name}") == 2
+
+    with pytest.raises(Transient):
+        await castle.talos.machine_status("198.18.255.1")
+    assert castle.calls["apply_patch"] == 3 and castle.calls["machine_status"] == 1
