@@ -1,4 +1,5 @@
-"""The benchmarks still run: each module at a tiny size, and the one table carries every row.
+"""The benchmarks still run: each module at a tiny size, and the one table carries every row; and the
+latency adapters keep the castle's rules (single-use keys, `-1` names, appended documents).
 
 No timing assertions (the numbers depend on the machine); what is asserted is that every benchmark
 produced positive numbers, that the chain and the audit really did their work, and that the table and
