@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 import nats
 from nats.aio.client import Client
 
+from daemon.bus import nats_status
 from daemon.config import NatsSettings
 
 log = logging.getLogger("castle_bridge.nats")
@@ -42,6 +43,7 @@ async def connect(
     state: ConnectionState | None = None,
 ) -> Client:
     """Connect and keep reconnecting for ever: a daemon must outlive a NATS restart."""
+    nats_status.install()  # before anything is fetched: a publisher's `Status` header is not a status
     state = state or ConnectionState()
     state.servers = servers
 
