@@ -58,6 +58,10 @@ def decode(data: bytes, headers: Mapping[str, str] | None, model: type[M]) -> M:
         obj = json.loads(text)
     except json.JSONDecodeError as exc:
         raise InvalidPayload(f"body is not JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+    except RecursionError:
+        raise InvalidPayload("body is not usable JSON: nested too deeply") from None
+    except ValueError as exc:  # valid JSON Python will not read, e.g. an integer of over 4300 digits
+        raise InvalidPayload(f"body is not usable JSON: {str(exc).split(':', 1)[0]}") from None
     if _is_structured(obj, headers or {}):
         if not isinstance(obj, dict):
             raise InvalidPayload("structured CloudEvent must be a JSON object")
