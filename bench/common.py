@@ -157,10 +157,11 @@ def daemon_settings(url: str, *, concurrency: int, audit_concurrency: int = 16) 
     )
 
 
-def setup_process(log_level: str) -> None:
+def setup_process(log_level: str, *, telemetry: bool = True) -> None:
     """As `castle-bridge run` sets itself up: the telemetry SDK, and JSON logs (to /dev/null here, so the
     cost of formatting each line counts but a terminal's speed does not)."""
-    setup_telemetry()
+    if telemetry:
+        setup_telemetry()
     setup_logging(log_level, "json", stream=open(os.devnull, "w"))  # open for the process's lifetime
 
 

@@ -31,9 +31,18 @@ from bench.common import (  # noqa: E402 - needs the path above
     render_table,
 )
 
-BENCHMARKS = ("throughput", "burst", "audit_sweep")
+BENCHMARKS = ("throughput", "throughput_bare", "burst", "audit_sweep")
+# The same throughput benchmark twice, in separate processes: as `castle-bridge run` runs (OpenTelemetry
+# SDK, an INFO log line per event), and with telemetry off, which isolates the runtime's own machinery.
+COMMANDS: dict[str, list[str]] = {
+    "throughput": ["bench.throughput"],
+    "throughput_bare": ["bench.throughput", "--telemetry", "off"],
+    "burst": ["bench.burst"],
+    "audit_sweep": ["bench.audit_sweep"],
+}
 ROW_NAMES = (
     "runtime throughput vs raw nats-py",
+    "runtime throughput vs raw nats-py (telemetry off)",
     "rebirth burst vs ideal",
     "rebirth burst vs sequential",
     "audit sweep vs ideal",
@@ -56,7 +65,8 @@ def summary(results: list[Result]) -> str:
 
 def _run_one(name: str, quick: bool, log_level: str, workdir: Path) -> Result | None:
     out = workdir / f"{name}.json"
-    argv = [sys.executable, "-m", f"bench.{name}", "--json", str(out), "--log-level", log_level]
+    module, *extra = COMMANDS[name]
+    argv = [sys.executable, "-m", module, *extra, "--json", str(out), "--log-level", log_level]
     if quick:
         argv.append("--quick")
     print(f"running {name} ...", flush=True)

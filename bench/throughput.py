@@ -134,7 +134,13 @@ async def time_runtime(
     return elapsed
 
 
-async def run(messages: int = 20_000, concurrency: int = 32, repeats: int = 2) -> Result:
+TELEMETRY_OFF = " (telemetry off)"
+
+
+async def run(
+    messages: int = 20_000, concurrency: int = 32, repeats: int = 2, *, telemetry: bool = True
+) -> Result:
+    """`telemetry` only labels the row: whether the SDK is installed is decided per process (main)."""
     rates: dict[str, list[float]] = {"raw": [], "runtime": []}
     cpu_us: dict[str, list[float]] = {"raw": [], "runtime": []}
     with private_server() as server:
@@ -155,7 +161,7 @@ async def run(messages: int = 20_000, concurrency: int = 32, repeats: int = 2) -
             await nc.close()
     raw, ours = max(rates["raw"]), max(rates["runtime"])
     row = Row(
-        benchmark="runtime throughput vs raw nats-py",
+        benchmark="runtime throughput vs raw nats-py" + ("" if telemetry else TELEMETRY_OFF),
         measured=ours,
         reference=raw,
         unit="msg/s",
@@ -175,7 +181,7 @@ async def run(messages: int = 20_000, concurrency: int = 32, repeats: int = 2) -
         "raw_cpu_us_per_msg": [round(c, 1) for c in cpu_us["raw"]],
         "runtime_cpu_us_per_msg": [round(c, 1) for c in cpu_us["runtime"]],
     }
-    return Result("throughput", [row], details, peak_rss_mb())
+    return Result("throughput" if telemetry else "throughput_bare", [row], details, peak_rss_mb())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -184,10 +190,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--messages", type=int, help="messages per variant (20000; 5000 with --quick)")
     parser.add_argument("--concurrency", type=int, default=32, help="route concurrency = raw batch (32)")
     parser.add_argument("--repeats", type=int, default=2, help="runs of each variant; the best counts (2)")
+    parser.add_argument(
+        "--telemetry",
+        choices=["on", "off"],
+        default="on",
+        help="on: as `castle-bridge run` (span, metrics and an INFO log line per event); off: no OpenTelemetry "
+        "SDK and logs at WARNING, i.e. the runtime's own machinery",
+    )
     args = parser.parse_args(argv)
-    setup_process(args.log_level)
+    telemetry = args.telemetry == "on"
+    setup_process(args.log_level if telemetry else "WARNING", telemetry=telemetry)
     messages = args.messages or (5_000 if args.quick else 20_000)
-    result = asyncio.run(run(messages, args.concurrency, args.repeats))
+    result = asyncio.run(run(messages, args.concurrency, args.repeats, telemetry=telemetry))
     return report(result, args.json)
 
 

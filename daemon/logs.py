@@ -69,6 +69,12 @@ def setup_logging(level: str = "INFO", fmt: str = "auto", stream: TextIO | None 
     handler._castle_bridge = True  # type: ignore[attr-defined]
     root.addHandler(handler)
     root.setLevel(level)
+    # The formatters use neither the caller's file and line nor thread or process names; not collecting
+    # them is the logging HOWTO's own optimisation, and it matters at a line per handled event.
+    logging._srcfile = None
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
     # Libraries that log every request or job run at INFO: keep them for warnings.
     for noisy in ("apscheduler", "aiohttp.access", "httpx", "httpcore", "nats"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

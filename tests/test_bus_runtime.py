@@ -237,12 +237,12 @@ async def test_a_message_whose_handler_never_finished_is_redelivered_to_another_
     )
     await js_a.publish(subjects.VM_CREATED, json.dumps(VM).encode())
     await asyncio.wait_for(started.wait(), 10)
-    for b in rt_a._bound:  # simulate the crash: stop heartbeats and vanish without settling
-        for t in b.tasks:
-            t.cancel()
-        if b.fetcher:
-            b.fetcher.cancel()
+    # Simulate the crash: the connection dies first (nothing can be settled any more), then every task.
     await nc_a.close()
+    for b in rt_a._bound:
+        for t in [*b.workers, b.fetcher, b.heartbeat]:
+            if t is not None:
+                t.cancel()
 
     nc_b = await nats.connect(nats_server.url)
     js_b = nc_b.jetstream()

@@ -68,13 +68,27 @@ class _Slots:
         self.free = size
         self._changed = asyncio.Event()
 
-    async def take_some(self, most: int) -> int:
+    async def take_some(self, most: int, *, want: int = 1, linger: float = 0.0) -> int:
+        """At least one slot; under load, wait up to `linger` for `want` so fetches come in batches.
+
+        Without the linger, a busy consumer would fetch one message per freed slot: one pull request
+        per message. The linger is short, so slots held by slow handlers never starve new messages.
+        """
         while self.free == 0:
-            self._changed.clear()
-            await self._changed.wait()
+            await self._wait()
+        if self.free < want and linger > 0:
+            deadline = asyncio.get_running_loop().time() + linger
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout_at(deadline):
+                    while self.free < want:
+                        await self._wait()
         n = min(self.free, most)
         self.free -= n
         return n
+
+    async def _wait(self) -> None:
+        self._changed.clear()
+        await self._changed.wait()
 
     def give(self, n: int = 1) -> None:
         self.free += n
@@ -91,11 +105,19 @@ class _Bound:
     sub: JetStreamContext.PullSubscription
     slots: _Slots
     fetcher: asyncio.Task[None] | None = None
-    tasks: set[asyncio.Task[None]] = field(default_factory=set)
+    heartbeat: asyncio.Task[None] | None = None
+    # A fixed pool of workers (one per slot) takes fetched messages from the queue: far cheaper than a
+    # task per message, and a worker that finds the queue non-empty goes on without yielding.
+    queue: asyncio.Queue[Msg] = field(default_factory=asyncio.Queue)
+    workers: list[asyncio.Task[None]] = field(default_factory=list)
+    processing: int = 0
+    quiet: asyncio.Event = field(default_factory=asyncio.Event)  # set while nothing is processing
+    # In-flight messages and when each last told the server it is still being worked on.
+    progress: dict[int, tuple[Msg, float]] = field(default_factory=dict)  # by stream sequence
 
-    def finished(self, task: asyncio.Task[None]) -> None:
-        self.tasks.discard(task)
-        self.slots.give()
+    @property
+    def in_flight(self) -> int:
+        return self.queue.qsize() + self.processing
 
 
 class Runtime:
@@ -128,7 +150,7 @@ class Runtime:
 
     @property
     def in_flight(self) -> int:
-        return sum(len(b.tasks) for b in self._bound)
+        return sum(b.in_flight for b in self._bound)
 
     async def start(self) -> None:
         for route in self._routes:
@@ -143,9 +165,16 @@ class Runtime:
                 ),
             )
             sub = await self._js.pull_subscribe_bind(durable=route.durable, stream=self._stream)
-            self._bound.append(_Bound(route, sub, _Slots(route.concurrency)))
+            bound = _Bound(route, sub, _Slots(route.concurrency))
+            bound.quiet.set()
+            self._bound.append(bound)
         for b in self._bound:
+            b.workers = [
+                asyncio.create_task(self._worker(b), name=f"worker:{b.route.durable}:{i}")
+                for i in range(b.route.concurrency)
+            ]
             b.fetcher = asyncio.create_task(self._fetch_loop(b), name=f"fetch:{b.route.durable}")
+            b.heartbeat = asyncio.create_task(self._heartbeats(b), name=f"heartbeat:{b.route.durable}")
 
     async def stop(self, grace: float = 30.0) -> None:
         """Stop fetching, let in-flight work finish within `grace`, then unsubscribe."""
@@ -156,14 +185,25 @@ class Runtime:
         await asyncio.wait(fetchers, timeout=self._fetch_timeout + 2) if fetchers else None
         for f in fetchers:
             f.cancel()
-        in_flight = [t for b in self._bound for t in b.tasks]
-        if in_flight:
-            _, late = await asyncio.wait(in_flight, timeout=grace)
-            for t in late:
-                t.cancel()
-            if late:
-                await asyncio.wait(late, timeout=5)
         for b in self._bound:
+            # Fetched but not started: hand back at once so another replica takes them now.
+            while not b.queue.empty():
+                msg = b.queue.get_nowait()
+                b.slots.give()
+                with contextlib.suppress(Exception):
+                    await msg.nak()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(grace):
+                for b in self._bound:
+                    await b.quiet.wait()
+        workers = [w for b in self._bound for w in b.workers]
+        for w in workers:
+            w.cancel()  # idle ones wait on the queue; late ones nak their message as they go
+        if workers:
+            await asyncio.wait(workers, timeout=5)
+        for b in self._bound:
+            if b.heartbeat:
+                b.heartbeat.cancel()
             with contextlib.suppress(Exception):
                 await b.sub.unsubscribe()
         self._bound.clear()
@@ -191,7 +231,7 @@ class Runtime:
 
     async def _fetch_loop(self, b: _Bound) -> None:
         while not self._stopping.is_set():
-            n = await b.slots.take_some(self._max_batch)
+            n = await b.slots.take_some(self._max_batch, want=max(1, b.slots.size // 4), linger=0.005)
             try:
                 msgs = await b.sub.fetch(n, timeout=self._fetch_timeout)
             except (TimeoutError, nats.errors.TimeoutError):
@@ -215,17 +255,38 @@ class Runtime:
                         await msg.nak()
                     b.slots.give()
                     continue
-                task = asyncio.create_task(self._process(b, msg))
-                b.tasks.add(task)
-                task.add_done_callback(b.finished)
+                b.queue.put_nowait(msg)
 
-    async def _heartbeat(self, msg: Msg, ack_wait: float) -> None:
-        # Slow handlers (verification polls for minutes) keep their message with progress acks.
-        interval = max(ack_wait / 3, 0.2)
+    async def _worker(self, b: _Bound) -> None:
         while True:
-            await asyncio.sleep(interval)
-            with contextlib.suppress(Exception):
-                await msg.in_progress()
+            msg = await b.queue.get()
+            b.processing += 1
+            b.quiet.clear()
+            try:
+                await self._process(b, msg)
+            except Exception:  # _process settles every outcome itself; this is a last resort
+                log.exception("message processing failed", extra={"consumer": b.route.durable})
+            finally:
+                b.processing -= 1
+                b.slots.give()
+                if b.processing == 0:
+                    b.quiet.set()
+
+    async def _heartbeats(self, b: _Bound) -> None:
+        """Slow handlers (verification polls for minutes) keep their messages with progress acks.
+
+        One loop per route rather than a task per message: most messages finish long before their first
+        heartbeat is due, and a task each would cost more than the handler.
+        """
+        interval = max(b.route.ack_wait / 3, 0.2)
+        while True:
+            await asyncio.sleep(interval / 2)
+            now = time.monotonic()
+            for seq, (msg, since) in list(b.progress.items()):
+                if now - since >= interval and seq in b.progress:
+                    b.progress[seq] = (msg, now)
+                    with contextlib.suppress(Exception):
+                        await msg.in_progress()
 
     async def _process(self, b: _Bound, msg: Msg) -> None:
         route = b.route
@@ -248,7 +309,7 @@ class Runtime:
             kind=SpanKind.CONSUMER,
             attributes=attributes,
         ) as span:
-            heartbeat = asyncio.create_task(self._heartbeat(msg, route.ack_wait))
+            b.progress[meta.sequence.stream] = (msg, started)
             try:
                 if deliveries > route.max_deliver:
                     outcome = Outcome(
@@ -279,7 +340,7 @@ class Runtime:
                         )
                 settled = await self._settle(route, msg, outcome)
             finally:
-                heartbeat.cancel()
+                b.progress.pop(meta.sequence.stream, None)
             if outcome.action != "ack":
                 span.set_status(Status(StatusCode.ERROR, outcome.reason or outcome.label))
             span.set_attribute("castle.outcome", outcome.label)
