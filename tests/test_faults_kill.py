@@ -35,7 +35,7 @@ from tests.fault_harness import DaemonProcess, OtlpSink, dead_letters, gather_le
 IP, NAME = "192.168.1.40", "tazlab-k8s-worker-40"
 NODES = 7
 KILLS = 3
-SEED = int(os.environ.get("CASTLE_FAULT_SEED", random.randrange(1 << 30)))
+SEED = int(os.environ.get("CASTLE_KILL_SEED", random.randrange(1 << 30)))
 
 pytestmark = pytest.mark.timeout(150)
 
@@ -88,11 +88,13 @@ async def test_sigkill_during_a_burst_then_restart_ends_with_every_node_verified
         try:
             await daemon.start()
             names = [f"tazlab-k8s-worker-{i}" for i in range(1, NODES + 1)]
-            for name in names:
-                await castle.publish_created(name, castle.born(name, boot_delay=rng.uniform(0.0, 0.6)))
             caught: list[list[str]] = []
-            for kill in range(KILLS):
-                await asyncio.sleep(rng.uniform(0.2, 2.0))
+            # The burst arrives in waves, one before each kill, so every kill lands while work is in flight.
+            waves = [names[i::KILLS] for i in range(KILLS)]
+            for kill, wave in enumerate(waves):
+                for name in wave:
+                    await castle.publish_created(name, castle.born(name, boot_delay=rng.uniform(0.0, 0.6)))
+                await asyncio.sleep(rng.uniform(0.2, 1.5))
                 if kill > 0:  # aim the later kills at the window that matters: a node mid-patch
                     await _until_patching(castle, daemon.pid, within=4.0)
                     await asyncio.sleep(rng.uniform(0.0, 0.4))
