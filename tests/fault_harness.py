@@ -221,9 +221,7 @@ class OtlpSink:
 
 
 @contextlib.asynccontextmanager
-async def castle_on(
-    urls: list[str], workdir: Path, *, start_daemon: bool = True, **extra: dict[str, Any]
-) -> AsyncIterator[Castle]:
+async def castle_on(urls: list[str], workdir: Path, **extra: dict[str, Any]) -> AsyncIterator[Castle]:
     """Like `simulated_castle`, for servers the test owns (restarted, clustered): the daemon and the
     test's own client are given every URL and reconnect for ever."""
     async with SimCastle(workdir) as sim:
@@ -231,11 +229,8 @@ async def castle_on(
         nc = await nats.connect(urls, max_reconnect_attempts=-1, reconnect_time_wait=0.2)
         harness = Castle(sim, settings, None, nc.jetstream())  # type: ignore[arg-type]
         try:
-            if start_daemon:
-                async with Daemon(settings) as daemon:
-                    harness.daemon = daemon
-                    yield harness
-            else:
+            async with Daemon(settings) as daemon:
+                harness.daemon = daemon
                 yield harness
         finally:
             with contextlib.suppress(Exception):

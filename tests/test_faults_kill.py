@@ -126,13 +126,12 @@ async def test_sigkill_during_a_burst_then_restart_ends_with_every_node_verified
             assert total <= NODES + sum(len(c) for c in caught), report
             if all(len(c) <= 1 for c in caught):
                 assert total <= NODES + KILLS, report  # the bound, where the design gives it
-            # Keys a takeover found recorded were revoked; only one minted in the instant before the
-            # kill (never recorded) can stay unrevoked, and it expires unused.
-            in_use = {d["keyId"] for d in _devices(sim)}
-            unrevoked = [
-                k for n in keys.values() for k in n if k not in in_use and k not in sim.tailnet.revoked_keys
-            ]
-            assert len(unrevoked) <= sum(len(c) for c in caught), report
+            # A key still usable now was never used and never revoked: minted just before a kill and
+            # never recorded, or minted by a takeover while the first key's device was still joining.
+            # At most one per node a kill caught mid-patch; it expires unused (key_expiry_seconds).
+            alive = [k for n in keys.values() for k in n if not sim.tailnet.get_key(k)["invalid"]]
+            assert len(alive) <= sum(len(c) for c in caught), report
+            report += f" unused keys left alive={len(alive)}"
 
             scan = await gather_leak_scan(
                 sim,
@@ -151,16 +150,6 @@ async def test_sigkill_during_a_burst_then_restart_ends_with_every_node_verified
                 await daemon.kill()
             await nc.close()
             await remove_bus_objects(nats_server, settings)
-
-
-def _devices(sim: SimCastle) -> list[dict[str, str]]:
-    devices = []
-    for node in sim.talos.nodes.values():
-        if node.device is not None:
-            record = sim.tailnet._devices.get(node.device.node_id)
-            if record is not None:
-                devices.append({"keyId": record.key_id})
-    return devices
 
 
 async def test_with_the_default_settings_a_dead_replicas_claim_lapses_within_the_delivery_budget():
