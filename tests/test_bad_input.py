@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
+from collections import Counter
 from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
@@ -126,7 +127,7 @@ async def test_hostile_events_on_every_subject_are_dead_lettered_and_valid_ones_
             def every_hostile_message_is_dead_lettered(m: Message, ok: Message | None) -> None:
                 ack = run(_publish(nc, m))
                 if isinstance(ack, Exception):
-                    refused.append(f"{m.kind}: {type(ack).__name__}")  # never stored: nothing to lose
+                    refused.append(type(ack).__name__)  # never stored: nothing to lose
                 elif not ack.duplicate:
                     letter = run(letters.wait_for(ack.seq))
                     assert letter is not None, f"no dead letter for {m} (seq {ack.seq})"
@@ -168,7 +169,8 @@ async def test_hostile_events_on_every_subject_are_dead_lettered_and_valid_ones_
             scan = await in_process_leak_scan(castle, logs.text, span_exporter)
     scan.assert_clean("stream", "kv", "logs", "spans", "metrics", "argv")
     print(
-        f"hostile: {len(letters.by_sequence)} dead-lettered, {len(refused)} refused at publish; valid: {len(valid)}"
+        f"hostile: {len(letters.by_sequence)} dead-lettered; not stored: {dict(Counter(refused))}; "
+        f"valid: {len(valid)}"
     )
 
 
