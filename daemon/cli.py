@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import re
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
+from contracts.redact import redact
 from daemon.config import ConfigError
 
 # Each module exposes `register(subparsers)`, which adds its parser and sets `handler` to a callable
@@ -23,12 +26,23 @@ COMMAND_MODULES = (
     "daemon.commands.sim",
 )
 
-# Secrets must never be passed as arguments: argv is world-readable in /proc.
-_SECRET_FLAGS = ("--oauth-client-secret", "--webhook-token", "--client-secret", "--token", "--secret")
+# Secrets must never be passed as arguments: argv is world-readable in /proc. Any flag whose name says
+# it carries one is refused, however it is spelled, and so is any argument holding a Tailscale secret.
+_SECRET_WORDS = ("secret", "token", "password", "authkey", "auth-key", "credential", "oauth")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, minus echoing what it did not understand: a mistyped secret flag's value stays unprinted."""
+
+    def error(self, message: str) -> NoReturn:
+        if message.startswith("unrecognized arguments"):
+            message = "unrecognized arguments (not shown, in case they hold a secret); see --help"
+        message = re.sub(r"invalid choice: '.*?' \(", "invalid choice (", message)
+        super().error(redact(message))
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="castle-bridge",
         description="Join freshly born Talos nodes to the tailnet, verify them, keep them healed.",
     )
@@ -51,14 +65,19 @@ def _path(text: str) -> object:
     return Path(text)
 
 
+_USE_INSTEAD = (
+    "process arguments are visible to every user. Use CASTLE_BRIDGE_TAILSCALE__OAUTH_CLIENT_SECRET(_FILE) "
+    "or CASTLE_BRIDGE_HTTP__WEBHOOK_TOKEN(_FILE)"
+)
+
+
 def refuse_secret_arguments(argv: Sequence[str]) -> None:
     for arg in argv:
         flag = arg.split("=", 1)[0]
-        if flag in _SECRET_FLAGS:
-            raise ConfigError(
-                f"refusing {flag} on the command line: process arguments are visible to every user. "
-                "Use CASTLE_BRIDGE_TAILSCALE__OAUTH_CLIENT_SECRET(_FILE) or CASTLE_BRIDGE_HTTP__WEBHOOK_TOKEN(_FILE)"
-            )
+        if arg.startswith("-") and any(word in flag.lower() for word in _SECRET_WORDS):
+            raise ConfigError(f"refusing {flag[:60]} on the command line: {_USE_INSTEAD}")
+        if "tskey-" in arg:
+            raise ConfigError(f"refusing an argument that holds a Tailscale key or secret: {_USE_INSTEAD}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -146,6 +146,9 @@ async def test_the_daemon_refuses_to_start_with_a_secret_on_its_command_line(nat
             ["run", f"--webhook-token={WEBHOOK_TOKEN}"],
             ["--webhook-token", WEBHOOK_TOKEN, "run"],
             ["run", "--token", WEBHOOK_TOKEN],
+            ["run", "--OAUTH-CLIENT-SECRET", oauth],
+            ["--oauth-client-sec", oauth, "run"],
+            ["run", f"--tailscale-oauth-client-secret={oauth}"],
         ]
 
         async def attempt(argv: list[str]) -> tuple[int, str]:
@@ -166,6 +169,11 @@ async def test_the_daemon_refuses_to_start_with_a_secret_on_its_command_line(nat
             assert f"refusing {flag} on the command line" in output and "CASTLE_BRIDGE_" in output, output
             assert oauth not in output and WEBHOOK_TOKEN not in output, f"{flag}: the secret was echoed"
             assert "castle-bridge running" not in output
+        # A bare secret, with no flag naming it, is refused too, and an unknown flag's value is not echoed.
+        code, output = await attempt(["run", oauth])
+        assert code == 2 and "holds a Tailscale key or secret" in output and oauth not in output
+        code, output = await attempt(["run", "--bogus", oauth.removeprefix("tskey-")])
+        assert code == 2 and oauth.removeprefix("tskey-") not in output
         # The control: the very same environment starts the daemon when argv carries no secret.
         daemon = DaemonProcess(env, tmp_path / "control.log")
         await daemon.start()
