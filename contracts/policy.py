@@ -11,6 +11,28 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 TAILNET_RANGE = ipaddress.ip_network("100.64.0.0/10")
 
 
+def lab_networks(subnets: tuple[str, ...]) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    """Parse lab subnets; refuse none at all, a non-CIDR, and any overlap with the tailnet range.
+
+    Node identity must stay on the lab subnet: a kubelet that picked a 100.x address would move the node
+    onto the tailnet. Config, policy and the renderer all use this one check.
+    """
+    nets = []
+    for text in subnets:
+        try:
+            net = ipaddress.ip_network(text, strict=False)
+        except ValueError:
+            raise ValueError(f"{text[:64]!r} is not a CIDR subnet") from None
+        if net.version == 4 and net.overlaps(TAILNET_RANGE):
+            raise ValueError(
+                f"{net} overlaps the tailnet range {TAILNET_RANGE}; node identity must stay off it"
+            )
+        nets.append(net)
+    if not nets:
+        raise ValueError("at least one lab subnet is required")
+    return tuple(nets)
+
+
 class BridgePolicy(BaseModel):
     """What a bridge should look like and how patient each stage is."""
 
@@ -36,17 +58,7 @@ class BridgePolicy(BaseModel):
     @field_validator("lab_subnets")
     @classmethod
     def _outside_tailnet(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        nets = []
-        for text in value:
-            net = ipaddress.ip_network(text, strict=False)
-            if net.version == 4 and net.overlaps(TAILNET_RANGE):
-                raise ValueError(
-                    f"{net} overlaps the tailnet range {TAILNET_RANGE}; node identity must stay off it"
-                )
-            nets.append(str(net))
-        if not nets:
-            raise ValueError("at least one lab subnet is required")
-        return tuple(nets)
+        return tuple(str(net) for net in lab_networks(value))
 
     def in_lab(self, address: str) -> bool:
         ip = ipaddress.ip_address(address)

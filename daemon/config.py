@@ -25,7 +25,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from contracts.policy import TAILNET_RANGE, BridgePolicy
+from contracts.policy import BridgePolicy, lab_networks
 from contracts.types import Tag
 
 ENV_PREFIX = "CASTLE_BRIDGE_"
@@ -156,18 +156,7 @@ class TalosSettings(_Section):
     @field_validator("lab_subnets")
     @classmethod
     def _subnets(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        out = []
-        for text in value:
-            try:
-                net = ipaddress.ip_network(text, strict=False)
-            except ValueError:
-                raise ValueError(f"{text!r} is not a CIDR subnet") from None
-            if net.version == 4 and net.overlaps(TAILNET_RANGE):
-                raise ValueError(f"{net} overlaps the tailnet range {TAILNET_RANGE}")
-            out.append(str(net))
-        if not out:
-            raise ValueError("at least one lab subnet is required")
-        return tuple(out)
+        return tuple(str(net) for net in lab_networks(value))
 
 
 class VaultSettings(_Section):

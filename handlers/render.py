@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from contracts.errors import Permanent
-from contracts.policy import TAILNET_RANGE, BridgePolicy
+from contracts.policy import BridgePolicy, lab_networks
 from contracts.talos import AUTHKEY_VAR, BridgePatch, patch_digest
 
 if TYPE_CHECKING:  # the key type comes with the contracts; render itself never touches the value
@@ -185,19 +185,9 @@ def _check_in_lab(ip: str, policy: BridgePolicy) -> None:
 def _checked_subnets(
     lab_subnets: tuple[str, ...],
 ) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
-    if not lab_subnets:
-        raise Permanent("at least one lab subnet is required")
-    nets = []
-    for text in lab_subnets:
-        try:
-            net = ipaddress.ip_network(text, strict=False)
-        except ValueError:
-            raise Permanent(f"lab subnet {text[:64]!r} is not a CIDR subnet") from None
-        # The policy refuses this at start-up too; a second guard keeps node identity off the tailnet
-        # even if a policy was built without validation.
-        if net.version == 4 and net.overlaps(TAILNET_RANGE):
-            raise Permanent(
-                f"lab subnet {net} overlaps the tailnet range {TAILNET_RANGE}; node identity must stay off it"
-            )
-        nets.append(net)
-    return tuple(nets)
+    # The policy refuses these at start-up too; a second guard keeps node identity off the tailnet even
+    # if a policy was built without validation.
+    try:
+        return lab_networks(lab_subnets)
+    except ValueError as exc:
+        raise Permanent(f"lab subnets: {exc}") from None
