@@ -138,7 +138,9 @@ class TailscaleSettings(_Section):
     def _secret_from_file(self) -> TailscaleSettings:
         if self.oauth_client_secret_file is not None:
             if self.oauth_client_secret is not None:
-                raise ValueError("set oauth_client_secret or oauth_client_secret_file, not both")
+                raise ValueError(
+                    f"set {ENV_PREFIX}TAILSCALE__OAUTH_CLIENT_SECRET or {ENV_PREFIX}TAILSCALE__OAUTH_CLIENT_SECRET_FILE, not both"
+                )
             object.__setattr__(self, "oauth_client_secret", _read_secret_file(self.oauth_client_secret_file))
         return self
 
@@ -232,10 +234,14 @@ class HttpSettings(_Section):
     def _token_from_file(self) -> HttpSettings:
         if self.webhook_token_file is not None:
             if self.webhook_token is not None:
-                raise ValueError("set webhook_token or webhook_token_file, not both")
+                raise ValueError(
+                    f"set {ENV_PREFIX}HTTP__WEBHOOK_TOKEN or {ENV_PREFIX}HTTP__WEBHOOK_TOKEN_FILE, not both"
+                )
             object.__setattr__(self, "webhook_token", _read_secret_file(self.webhook_token_file))
         if self.webhook_token is not None and len(self.webhook_token.get_secret_value()) < 16:
-            raise ValueError("webhook_token must be at least 16 characters")
+            raise ValueError(
+                f"{ENV_PREFIX}HTTP__WEBHOOK_TOKEN(_FILE): the token must be at least 16 characters"
+            )
         return self
 
     @property
