@@ -304,17 +304,15 @@ class Settings(BaseSettings):
         # whose file ships in an image and whose environment is set per deployment.
         return (env_settings, init_settings)
 
-    @model_validator(mode="after")
-    def _dns_domain(self) -> Settings:
-        if self.tailscale.dns_domain is None:
-            host = self.vault.host
-            if host.endswith(".ts.net") and host.count(".") >= 3:
-                object.__setattr__(self.tailscale, "dns_domain", host.split(".", 1)[1])
-        return self
-
     @property
     def dns_domain(self) -> str:
-        return self.tailscale.dns_domain or "ts.net"
+        """The MagicDNS domain: configured, else the Vault URL's own (`<label>.<tailnet>.ts.net`)."""
+        if self.tailscale.dns_domain:
+            return self.tailscale.dns_domain
+        host = self.vault.host
+        if host.endswith(".ts.net") and host.count(".") >= 3:
+            return host.split(".", 1)[1]
+        return "ts.net"
 
     def policy(self) -> BridgePolicy:
         """The subset the handlers need."""

@@ -103,3 +103,17 @@ def test_a_broken_toml_file_is_refused_with_its_name(tmp_path):
     bad.write_text("[nats\nurl = 1")
     with pytest.raises(ConfigError, match=r"bad\.toml is not valid TOML"):
         load_settings(bad)
+
+
+def test_the_magicdns_domain_follows_each_configurations_vault_url(monkeypatch):
+    # Regression: deriving it once used to write into the shared default section, so the first
+    # configuration's domain leaked into every later one in the same process.
+    monkeypatch.setenv("CASTLE_BRIDGE_VAULT__URL", "https://vault.first-tailnet.ts.net:8200")
+    assert load_settings().dns_domain == "first-tailnet.ts.net"
+    monkeypatch.setenv("CASTLE_BRIDGE_VAULT__URL", "https://vault.second-tailnet.ts.net:8200")
+    assert load_settings().dns_domain == "second-tailnet.ts.net"
+    monkeypatch.setenv("CASTLE_BRIDGE_TAILSCALE__DNS_DOMAIN", "chosen.ts.net")
+    assert load_settings().dns_domain == "chosen.ts.net"
+    monkeypatch.delenv("CASTLE_BRIDGE_VAULT__URL")
+    monkeypatch.delenv("CASTLE_BRIDGE_TAILSCALE__DNS_DOMAIN")
+    assert load_settings().dns_domain == "magellanic-gondola.ts.net"
