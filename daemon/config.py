@@ -8,7 +8,6 @@ the variable, so an operator never has to read a traceback to find a typo.
 from __future__ import annotations
 
 import ipaddress
-import os
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
@@ -377,14 +376,3 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
         return Settings(**data)
     except ValidationError as exc:
         raise ConfigError(describe_validation_error(exc)) from None
-
-
-def secret_env_names() -> tuple[str, ...]:
-    """Variables that hold secrets (for refusing them on the command line and for redaction)."""
-    return (f"{ENV_PREFIX}TAILSCALE__OAUTH_CLIENT_SECRET", f"{ENV_PREFIX}HTTP__WEBHOOK_TOKEN")
-
-
-def environ_snapshot() -> dict[str, str]:
-    """The castle-bridge part of the environment (for `doctor`), secrets masked."""
-    secrets = secret_env_names()
-    return {k: ("<set>" if k in secrets else v) for k, v in os.environ.items() if k.startswith(ENV_PREFIX)}

@@ -94,10 +94,6 @@ class _Slots:
         self.free += n
         self._changed.set()
 
-    @property
-    def busy(self) -> int:
-        return self.size - self.free
-
 
 @dataclass
 class _Bound:
