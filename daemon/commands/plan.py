@@ -148,10 +148,10 @@ async def read_state(settings: Settings, node: str, notes: list[str], *, require
     try:
         async with bus(settings) as nc:
             try:
-                kv = await nc.jetstream().key_value(settings.nats.kv_bucket)
+                store = await KvStateStore.attach(nc.jetstream(), settings.nats.kv_bucket)
             except BucketNotFoundError:
                 return None
-            found = await KvStateStore(kv).get(node)
+            found = await store.get(node)
             return found.state if found else None
     except ConfigError as exc:
         if required:

@@ -23,10 +23,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 async def read_status(settings: Settings) -> tuple[list[NodeState], VaultStatus | None]:
     async with bus(settings) as nc:
         try:
-            kv = await nc.jetstream().key_value(settings.nats.kv_bucket)
+            store = await KvStateStore.attach(nc.jetstream(), settings.nats.kv_bucket)
         except BucketNotFoundError:
             return [], None
-        store = KvStateStore(kv)
         return await store.list(), await store.get_vault_status()
 
 
