@@ -106,10 +106,9 @@ async def time_raw(js: JetStreamContext, stream: str, subject: str, messages: in
     return elapsed
 
 
-async def time_runtime(
-    js: JetStreamContext, stream: str, subject: str, messages: int, concurrency: int
-) -> Timing:
+async def time_runtime(nc: Client, stream: str, subject: str, messages: int, concurrency: int) -> Timing:
     durable = "runtime"
+    js = nc.jetstream()
     handled = 0
     all_handled = asyncio.Event()
 
@@ -120,7 +119,7 @@ async def time_runtime(
             all_handled.set()
 
     route = Route(subject, noop, durable, concurrency=concurrency, ack_wait=ACK_WAIT, model=VmCreated)
-    runtime = Runtime(js, Publisher(js, source="bench/throughput"), stream, [route], deps=None)
+    runtime = Runtime(nc, Publisher(js, source="bench/throughput"), stream, [route], deps=None)
     started, cpu = time.perf_counter(), time.process_time()
     await runtime.start()
     try:
@@ -153,7 +152,7 @@ async def run(
                     if kind == "raw":
                         wall, cpu = await time_raw(js, stream, subject, messages, concurrency)
                     else:
-                        wall, cpu = await time_runtime(js, stream, subject, messages, concurrency)
+                        wall, cpu = await time_runtime(nc, stream, subject, messages, concurrency)
                     rates[kind].append(messages / wall)
                     cpu_us[kind].append(cpu * 1e6 / messages)
                     await js.delete_stream(stream)

@@ -131,7 +131,7 @@ class Daemon:
             replica=self.replica,
         )
         self.runtime = Runtime(
-            self.js, self.publisher, s.nats.stream, build_routes(s, self.state, self._prefix), self.deps
+            self.nc, self.publisher, s.nats.stream, build_routes(s, self.state, self._prefix), self.deps
         )
         await self.runtime.start()
         self._stack.push_async_callback(self.runtime.stop, 30.0)

@@ -2,23 +2,60 @@
 (Prometheus for /metrics, plus OTLP when an endpoint is set).
 
 A TracerProvider is always installed, even with nothing to export, because the trace context must still
-travel from event to event in the `traceparent` header. The standard OTEL_* variables (endpoint,
+travel from event to event in the `traceparent` header; spans are recorded only while something exports
+them (`RecordWhileExporting`). The standard OTEL_* variables (endpoint,
 headers, service name, resource attributes, OTEL_SDK_DISABLED) are read by the SDK itself.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from opentelemetry import metrics, trace
+from opentelemetry.context import Context
 from opentelemetry.exporter.prometheus import PrometheusMetricReader
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import MetricReader, PeriodicExportingMetricReader
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.sdk.trace.sampling import Decision, Sampler, SamplingResult
+from opentelemetry.trace import Link, SpanKind, TraceState
+from opentelemetry.util.types import Attributes
 from prometheus_client import CollectorRegistry
+
+
+class RecordWhileExporting(Sampler):
+    """Record every span while something exports spans; otherwise only make the ids.
+
+    With no exporter, a recorded span costs more than the rest of handling an event and goes nowhere.
+    Unrecorded spans still carry trace and span ids, so `traceparent` travels from event to event, log
+    lines name their trace and a heal continues the node's trace. The parent's sampled flag is not
+    followed: a replica that exports records its part even when the publisher did not.
+    """
+
+    def __init__(self) -> None:
+        self.exporting = False
+
+    def should_sample(
+        self,
+        parent_context: Context | None,
+        trace_id: int,
+        name: str,
+        kind: SpanKind | None = None,
+        attributes: Attributes = None,
+        links: Sequence[Link] | None = None,
+        trace_state: TraceState | None = None,
+    ) -> SamplingResult:
+        parent_state = trace.get_current_span(parent_context).get_span_context().trace_state
+        if self.exporting:
+            return SamplingResult(Decision.RECORD_AND_SAMPLE, attributes, parent_state)
+        return SamplingResult(Decision.DROP, None, parent_state)
+
+    def get_description(self) -> str:
+        return "RecordWhileExporting"
 
 
 @dataclass
@@ -26,9 +63,12 @@ class Telemetry:
     tracer_provider: TracerProvider
     meter_provider: MeterProvider
     registry: CollectorRegistry  # what /metrics serves
+    sampler: RecordWhileExporting
 
     def add_span_processor(self, processor: SpanProcessor) -> None:
+        """Export spans through `processor` (from now on, every span is recorded)."""
         self.tracer_provider.add_span_processor(processor)
+        self.sampler.exporting = True
 
     def shutdown(self) -> None:
         self.tracer_provider.force_flush(5000)
@@ -52,11 +92,8 @@ def setup_telemetry(service_name: str = "castle-bridge") -> Telemetry:
     if _installed is not None:
         return _installed
     resource = Resource.create({"service.name": os.environ.get("OTEL_SERVICE_NAME", service_name)})
-    tracer_provider = TracerProvider(resource=resource)
-    if _otlp_wanted("traces"):
-        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-
-        tracer_provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+    sampler = RecordWhileExporting()
+    tracer_provider = TracerProvider(resource=resource, sampler=sampler)
     registry = CollectorRegistry(auto_describe=True)
     readers: list[MetricReader] = [PrometheusMetricReader(registry=registry, scope_info_enabled=False)]
     if _otlp_wanted("metrics"):
@@ -66,5 +103,9 @@ def setup_telemetry(service_name: str = "castle-bridge") -> Telemetry:
     meter_provider = MeterProvider(resource=resource, metric_readers=readers)
     trace.set_tracer_provider(tracer_provider)
     metrics.set_meter_provider(meter_provider)
-    _installed = Telemetry(tracer_provider, meter_provider, registry)
+    _installed = Telemetry(tracer_provider, meter_provider, registry, sampler)
+    if _otlp_wanted("traces"):
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+        _installed.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
     return _installed

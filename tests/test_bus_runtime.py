@@ -10,7 +10,7 @@ from typing import Any
 
 import nats
 import pytest
-from nats.js import JetStreamContext
+from nats.aio.client import Client
 
 from contracts import subjects
 from contracts.errors import Permanent, Retry, Transient
@@ -41,8 +41,8 @@ class Recorder:
         return behaviour
 
 
-async def start_runtime(js: JetStreamContext, stream: str, *routes: Route) -> Runtime:
-    runtime = Runtime(js, Publisher(js), stream, routes, deps=None, fetch_timeout=0.5)
+async def start_runtime(nc: Client, stream: str, *routes: Route) -> Runtime:
+    runtime = Runtime(nc, Publisher(nc.jetstream()), stream, routes, deps=None, pull_expiry=0.5)
     await runtime.start()
     return runtime
 
@@ -51,10 +51,10 @@ def route(subject: str, handler: Any, durable: str, **kw: Any) -> Route:
     return Route(subject=subject, handler=handler, durable=durable, ack_wait=kw.pop("ack_wait", 5.0), **kw)
 
 
-async def test_routes_each_subject_to_its_handler_with_the_typed_model(js, castle_stream):
+async def test_routes_each_subject_to_its_handler_with_the_typed_model(nc, js, castle_stream):
     created, ready = Recorder(), Recorder()
     rt = await start_runtime(
-        js,
+        nc,
         castle_stream,
         route(subjects.VM_CREATED, created, "t-created"),
         route(subjects.TALOS_READY, ready, "t-ready"),
@@ -70,9 +70,9 @@ async def test_routes_each_subject_to_its_handler_with_the_typed_model(js, castl
         await rt.stop()
 
 
-async def test_structured_cloudevent_body_and_unknown_fields_are_accepted(js, castle_stream):
+async def test_structured_cloudevent_body_and_unknown_fields_are_accepted(nc, js, castle_stream):
     created = Recorder()
-    rt = await start_runtime(js, castle_stream, route(subjects.VM_CREATED, created, "t-ce"))
+    rt = await start_runtime(nc, castle_stream, route(subjects.VM_CREATED, created, "t-ce"))
     try:
         body = {
             "specversion": "1.0",
@@ -89,10 +89,10 @@ async def test_structured_cloudevent_body_and_unknown_fields_are_accepted(js, ca
 
 
 async def test_publish_sets_dedupe_cloudevents_and_trace_headers_and_duplicates_are_dropped(
-    js, castle_stream
+    nc, js, castle_stream
 ):
     created = Recorder()
-    rt = await start_runtime(js, castle_stream, route(subjects.VM_CREATED, created, "t-dup"))
+    rt = await start_runtime(nc, castle_stream, route(subjects.VM_CREATED, created, "t-dup"))
     pub = Publisher(js)
     try:
         event = VmCreated.model_validate(VM)
@@ -112,12 +112,12 @@ async def test_publish_sets_dedupe_cloudevents_and_trace_headers_and_duplicates_
         await rt.stop()
 
 
-async def test_returned_event_is_published_then_the_input_acked(js, castle_stream):
+async def test_returned_event_is_published_then_the_input_acked(nc, js, castle_stream):
     async def patched(event: TalosReady) -> BridgeFailed:
         return BridgeFailed(name=event.name, stage="patch", reason="test", retryable=False)
 
     handler = Recorder(patched)
-    rt = await start_runtime(js, castle_stream, route(subjects.TALOS_READY, handler, "t-out"))
+    rt = await start_runtime(nc, castle_stream, route(subjects.TALOS_READY, handler, "t-out"))
     try:
         await js.publish(subjects.TALOS_READY, json.dumps(VM).encode())
         await rt.idle(10)
@@ -130,9 +130,9 @@ async def test_returned_event_is_published_then_the_input_acked(js, castle_strea
         await rt.stop()
 
 
-async def test_retry_naks_with_the_requested_delay(js, castle_stream):
+async def test_retry_naks_with_the_requested_delay(nc, js, castle_stream):
     handler = Recorder(Retry("node not ready", delay=1.0), None)
-    rt = await start_runtime(js, castle_stream, route(subjects.VM_CREATED, handler, "t-retry"))
+    rt = await start_runtime(nc, castle_stream, route(subjects.VM_CREATED, handler, "t-retry"))
     try:
         await js.publish(subjects.VM_CREATED, json.dumps(VM).encode())
         await eventually(lambda: len(handler.seen) == 2, within=10)
@@ -144,9 +144,9 @@ async def test_retry_naks_with_the_requested_delay(js, castle_stream):
         await rt.stop()
 
 
-async def test_transient_error_is_retried_then_succeeds(js, castle_stream):
+async def test_transient_error_is_retried_then_succeeds(nc, js, castle_stream):
     handler = Recorder(Transient("api 503", retry_after=0.2), None)
-    rt = await start_runtime(js, castle_stream, route(subjects.VM_CREATED, handler, "t-transient"))
+    rt = await start_runtime(nc, castle_stream, route(subjects.VM_CREATED, handler, "t-transient"))
     try:
         await js.publish(subjects.VM_CREATED, json.dumps(VM).encode())
         await eventually(lambda: len(handler.seen) == 2)
@@ -169,10 +169,10 @@ async def test_transient_error_is_retried_then_succeeds(js, castle_stream):
     ],
 )
 async def test_invalid_payload_is_dead_lettered_and_the_next_message_handled(
-    js, castle_stream, body, reason_part
+    nc, js, castle_stream, body, reason_part
 ):
     handler = Recorder()
-    rt = await start_runtime(js, castle_stream, route(subjects.VM_CREATED, handler, "t-invalid"))
+    rt = await start_runtime(nc, castle_stream, route(subjects.VM_CREATED, handler, "t-invalid"))
     try:
         await js.publish(subjects.VM_CREATED, body)
         await js.publish(subjects.VM_CREATED, json.dumps(VM).encode())
@@ -188,9 +188,9 @@ async def test_invalid_payload_is_dead_lettered_and_the_next_message_handled(
         await rt.stop()
 
 
-async def test_permanent_error_is_dead_lettered_with_its_reason(js, castle_stream):
+async def test_permanent_error_is_dead_lettered_with_its_reason(nc, js, castle_stream):
     handler = Recorder(Permanent("talos version v0.9 is not supported"))
-    rt = await start_runtime(js, castle_stream, route(subjects.VM_CREATED, handler, "t-perm"))
+    rt = await start_runtime(nc, castle_stream, route(subjects.VM_CREATED, handler, "t-perm"))
     try:
         await js.publish(subjects.VM_CREATED, json.dumps(VM).encode())
         await eventually(lambda: len(handler.seen) == 1)
@@ -203,10 +203,10 @@ async def test_permanent_error_is_dead_lettered_with_its_reason(js, castle_strea
         await rt.stop()
 
 
-async def test_poison_message_is_dead_lettered_after_max_deliveries(js, castle_stream):
+async def test_poison_message_is_dead_lettered_after_max_deliveries(nc, js, castle_stream):
     handler = Recorder(*[RuntimeError("boom")] * 10)
     rt = await start_runtime(
-        js, castle_stream, route(subjects.VM_CREATED, handler, "t-poison", max_deliver=3)
+        nc, castle_stream, route(subjects.VM_CREATED, handler, "t-poison", max_deliver=3)
     )
     try:
         # Backoff after a generic error is 1 s, then 2 s: keep the test short with a small max_deliver.
@@ -233,22 +233,23 @@ async def test_a_message_whose_handler_never_finished_is_redelivered_to_another_
         await asyncio.Event().wait()
 
     rt_a = await start_runtime(
-        js_a, castle_stream, route(subjects.VM_CREATED, Recorder(hang), "t-crash", ack_wait=1.0)
+        nc_a, castle_stream, route(subjects.VM_CREATED, Recorder(hang), "t-crash", ack_wait=1.0)
     )
     await js_a.publish(subjects.VM_CREATED, json.dumps(VM).encode())
     await asyncio.wait_for(started.wait(), 10)
     # Simulate the crash: the connection dies first (nothing can be settled any more), then every task.
     await nc_a.close()
     for b in rt_a._bound:
-        for t in [*b.workers, b.fetcher, b.heartbeat]:
+        for t in [*b.workers, b.heartbeat]:
             if t is not None:
                 t.cancel()
+        if b.consumer is not None:
+            await b.consumer.close()
 
     nc_b = await nats.connect(nats_server.url)
-    js_b = nc_b.jetstream()
     survivor = Recorder()
     rt_b = await start_runtime(
-        js_b, castle_stream, route(subjects.VM_CREATED, survivor, "t-crash", ack_wait=1.0)
+        nc_b, castle_stream, route(subjects.VM_CREATED, survivor, "t-crash", ack_wait=1.0)
     )
     try:
         await eventually(lambda: len(survivor.seen) == 1, within=10)
@@ -259,12 +260,12 @@ async def test_a_message_whose_handler_never_finished_is_redelivered_to_another_
         await nc_b.close()
 
 
-async def test_slow_handler_keeps_its_message_with_progress_heartbeats(js, castle_stream):
+async def test_slow_handler_keeps_its_message_with_progress_heartbeats(nc, js, castle_stream):
     async def slow(event: Any) -> None:
         await asyncio.sleep(2.5)
 
     handler = Recorder(slow)
-    rt = await start_runtime(js, castle_stream, route(subjects.VM_CREATED, handler, "t-slow", ack_wait=1.0))
+    rt = await start_runtime(nc, castle_stream, route(subjects.VM_CREATED, handler, "t-slow", ack_wait=1.0))
     try:
         await js.publish(subjects.VM_CREATED, json.dumps(VM).encode())
         await rt.idle(10)
@@ -273,14 +274,14 @@ async def test_slow_handler_keeps_its_message_with_progress_heartbeats(js, castl
         await rt.stop()
 
 
-async def test_graceful_stop_finishes_in_flight_work_and_fetches_nothing_more(js, castle_stream):
+async def test_graceful_stop_finishes_in_flight_work_and_fetches_nothing_more(nc, js, castle_stream):
     release = asyncio.Event()
 
     async def busy(event: Any) -> None:
         await release.wait()
 
     handler = Recorder(busy)
-    rt = await start_runtime(js, castle_stream, route(subjects.VM_CREATED, handler, "t-stop"))
+    rt = await start_runtime(nc, castle_stream, route(subjects.VM_CREATED, handler, "t-stop"))
     await js.publish(subjects.VM_CREATED, json.dumps(VM).encode())
     await eventually(lambda: len(handler.seen) == 1)
     stopping = asyncio.create_task(rt.stop(grace=10))
@@ -296,7 +297,7 @@ async def test_graceful_stop_finishes_in_flight_work_and_fetches_nothing_more(js
     assert [e.name for e in handler.seen] == [VM["name"]]  # the later one was left for the next start
 
 
-async def test_concurrency_is_bounded_per_route(js, castle_stream):
+async def test_concurrency_is_bounded_per_route(nc, js, castle_stream):
     running = 0
     peak = 0
 
@@ -308,7 +309,7 @@ async def test_concurrency_is_bounded_per_route(js, castle_stream):
         running -= 1
 
     handler = Recorder(*[track] * 40)
-    rt = await start_runtime(js, castle_stream, route(subjects.VM_CREATED, handler, "t-conc", concurrency=4))
+    rt = await start_runtime(nc, castle_stream, route(subjects.VM_CREATED, handler, "t-conc", concurrency=4))
     try:
         for i in range(40):
             await js.publish(subjects.VM_CREATED, json.dumps({**VM, "name": f"node-{i}"}).encode())

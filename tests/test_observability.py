@@ -7,12 +7,16 @@ import json
 from collections import defaultdict
 
 import httpx
+from opentelemetry import propagate, trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 
 from contracts import subjects
 from daemon.app import Adapters, Daemon
 from daemon.natsserver import NatsServer
+from daemon.observability import RecordWhileExporting
 from tests.busutil import eventually
 from tests.castle_fixtures import LogCapture, scan_for, simulated_castle
 from tests.daemon_fixtures import daemon_settings
@@ -161,3 +165,28 @@ async def test_readyz_follows_nats_down_and_back(tmp_path):
 
 async def status_is(status, code: int) -> bool:  # type: ignore[no-untyped-def]
     return await status() == code
+
+
+def test_spans_are_recorded_only_while_something_exports_them_and_ids_travel_either_way() -> None:
+    sampler = RecordWhileExporting()
+    provider = TracerProvider(sampler=sampler)
+    tracer = provider.get_tracer("test")
+    parent = propagate.extract({"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"})
+
+    quiet = tracer.start_span("vm.created process", context=parent, kind=SpanKind.CONSUMER)
+    assert not quiet.is_recording()
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier, context=trace.set_span_in_context(quiet))
+    # Same trace, a span id of its own: log lines and the next event still name the journey.
+    assert carrier["traceparent"].startswith("00-0af7651916cd43dd8448eb211c80319c-")
+    assert quiet.get_span_context().span_id not in (0, 0xB7AD6B7169203331)
+
+    exporter = InMemorySpanExporter()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    sampler.exporting = True
+    unsampled_parent = propagate.extract({"traceparent": carrier["traceparent"][:-2] + "00"})
+    recorded = tracer.start_span("talos.ready process", context=unsampled_parent, kind=SpanKind.CONSUMER)
+    assert recorded.is_recording()  # an exporting replica records even when the publisher did not
+    recorded.end()
+    [span] = exporter.get_finished_spans()
+    assert span.context.trace_id == 0x0AF7651916CD43DD8448EB211C80319C and span.name == "talos.ready process"

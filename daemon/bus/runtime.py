@@ -11,18 +11,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import nats.errors
+from nats.aio.client import Client
 from nats.aio.msg import Msg
-from nats.js import JetStreamContext
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
-from opentelemetry.trace import SpanKind, Status, StatusCode
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 from pydantic import BaseModel
 
 from contracts.events import EVENT_MODELS, DeadLetter
@@ -30,6 +30,7 @@ from contracts.redact import redact
 from daemon.bus.codec import decode, truncate_payload
 from daemon.bus.outcome import Outcome, decide
 from daemon.bus.publisher import Publisher
+from daemon.bus.pull import PullConsumer, delivery_of
 from daemon.bus.stream import consumer_config
 from daemon.telemetry import DEAD_LETTERS, EVENTS_HANDLED, HANDLER_SECONDS, TRACER
 
@@ -60,50 +61,13 @@ class Route:
         return self.model or EVENT_MODELS[self.subject]
 
 
-class _Slots:
-    """A counting semaphore that can hand out several slots at once (one fetch per batch)."""
-
-    def __init__(self, size: int) -> None:
-        self.size = size
-        self.free = size
-        self._changed = asyncio.Event()
-
-    async def take_some(self, most: int, *, want: int = 1, linger: float = 0.0) -> int:
-        """At least one slot; under load, wait up to `linger` for `want` so fetches come in batches.
-
-        Without the linger, a busy consumer would fetch one message per freed slot: one pull request
-        per message. The linger is short, so slots held by slow handlers never starve new messages.
-        """
-        while self.free == 0:
-            await self._wait()
-        if self.free < want and linger > 0:
-            deadline = asyncio.get_running_loop().time() + linger
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout_at(deadline):
-                    while self.free < want:
-                        await self._wait()
-        n = min(self.free, most)
-        self.free -= n
-        return n
-
-    async def _wait(self) -> None:
-        self._changed.clear()
-        await self._changed.wait()
-
-    def give(self, n: int = 1) -> None:
-        self.free += n
-        self._changed.set()
-
-
 @dataclass
 class _Bound:
     route: Route
-    sub: JetStreamContext.PullSubscription
-    slots: _Slots
-    fetcher: asyncio.Task[None] | None = None
+    consumer: PullConsumer | None = None
     heartbeat: asyncio.Task[None] | None = None
-    # A fixed pool of workers (one per slot) takes fetched messages from the queue: far cheaper than a
-    # task per message, and a worker that finds the queue non-empty goes on without yielding.
+    # A fixed pool of workers (one per unit of concurrency) takes delivered messages from the queue: far
+    # cheaper than a task per message, and a worker that finds the queue non-empty goes on at once.
     queue: asyncio.Queue[Msg] = field(default_factory=asyncio.Queue)
     workers: list[asyncio.Task[None]] = field(default_factory=list)
     processing: int = 0
@@ -121,22 +85,22 @@ class Runtime:
 
     def __init__(
         self,
-        js: JetStreamContext,
+        nc: Client,
         publisher: Publisher,
         stream: str,
         routes: Sequence[Route],
         deps: Any,
         *,
-        fetch_timeout: float = 1.0,
-        max_batch: int = 256,
+        pull_expiry: float = 1.0,
     ) -> None:
-        self._js = js
+        self._nc = nc
+        self._js = nc.jetstream()
         self._publisher = publisher
         self._stream = stream
         self._routes = list(routes)
         self._deps = deps
-        self._fetch_timeout = fetch_timeout
-        self._max_batch = max_batch
+        # How long a pull request stays open; also the longest a stop waits for the open ones to end.
+        self._pull_expiry = pull_expiry
         self._bound: list[_Bound] = []
         self._stopping = asyncio.Event()
 
@@ -150,18 +114,17 @@ class Runtime:
 
     async def start(self) -> None:
         for route in self._routes:
-            await self._js.add_consumer(
+            await self._ensure_consumer(route)
+            bound = _Bound(route)
+            bound.consumer = PullConsumer(
+                self._nc,
                 self._stream,
-                consumer_config(
-                    route.durable,
-                    route.subject,
-                    ack_wait=route.ack_wait,
-                    max_deliver=route.max_deliver,
-                    max_ack_pending=max(route.concurrency * 4, 64),
-                ),
+                route.durable,
+                functools.partial(self._arrived, bound),
+                capacity=route.concurrency,
+                expires=self._pull_expiry,
+                recreate=functools.partial(self._ensure_consumer, route),
             )
-            sub = await self._js.pull_subscribe_bind(durable=route.durable, stream=self._stream)
-            bound = _Bound(route, sub, _Slots(route.concurrency))
             bound.quiet.set()
             self._bound.append(bound)
         for b in self._bound:
@@ -169,25 +132,34 @@ class Runtime:
                 asyncio.create_task(self._worker(b), name=f"worker:{b.route.durable}:{i}")
                 for i in range(b.route.concurrency)
             ]
-            b.fetcher = asyncio.create_task(self._fetch_loop(b), name=f"fetch:{b.route.durable}")
             b.heartbeat = asyncio.create_task(self._heartbeats(b), name=f"heartbeat:{b.route.durable}")
+            assert b.consumer is not None
+            await b.consumer.start()
+
+    async def _ensure_consumer(self, route: Route) -> None:
+        """Create the route's durable consumer, or update it to this configuration (idempotent)."""
+        await self._js.add_consumer(
+            self._stream,
+            consumer_config(
+                route.durable,
+                route.subject,
+                ack_wait=route.ack_wait,
+                max_deliver=route.max_deliver,
+                max_ack_pending=max(route.concurrency * 4, 64),
+            ),
+        )
 
     async def stop(self, grace: float = 30.0) -> None:
-        """Stop fetching, let in-flight work finish within `grace`, then unsubscribe."""
+        """Stop pulling, let in-flight work finish within `grace`, then unsubscribe."""
         self._stopping.set()
-        fetchers = [b.fetcher for b in self._bound if b.fetcher]
-        # A pending fetch returns within fetch_timeout; waiting for it (instead of cancelling) means no
-        # pull request is left open that could hand messages to a subscription that is going away.
-        await asyncio.wait(fetchers, timeout=self._fetch_timeout + 2) if fetchers else None
-        for f in fetchers:
-            f.cancel()
+        # Open pull requests end within their expiry; waiting for that (instead of unsubscribing at once)
+        # means nothing is left on its way to a subscription that is going away. Whatever still arrives
+        # is handed straight back (`_arrived`).
+        await asyncio.gather(*(b.consumer.stop_pulling() for b in self._bound if b.consumer))
         for b in self._bound:
-            # Fetched but not started: hand back at once so another replica takes them now.
+            # Delivered but not started: hand back at once so another replica takes them now.
             while not b.queue.empty():
-                msg = b.queue.get_nowait()
-                b.slots.give()
-                with contextlib.suppress(Exception):
-                    await msg.nak()
+                await self._hand_back(b, b.queue.get_nowait())
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(grace):
                 for b in self._bound:
@@ -200,8 +172,8 @@ class Runtime:
         for b in self._bound:
             if b.heartbeat:
                 b.heartbeat.cancel()
-            with contextlib.suppress(Exception):
-                await b.sub.unsubscribe()
+            if b.consumer:
+                await b.consumer.close()
         self._bound.clear()
 
     async def idle(self, within: float = 30.0, settle: float = 0.2) -> None:
@@ -212,7 +184,7 @@ class Runtime:
             busy = self.in_flight > 0
             if not busy:
                 for b in self._bound:
-                    info = await b.sub.consumer_info()
+                    info = await self._js.consumer_info(self._stream, b.route.durable)
                     if (info.num_pending or 0) > 0 or (info.num_ack_pending or 0) > 0:
                         busy = True
                         break
@@ -225,35 +197,21 @@ class Runtime:
             await asyncio.sleep(0.05)
         raise TimeoutError(f"runtime still busy after {within}s")
 
-    async def _fetch_loop(self, b: _Bound) -> None:
-        while not self._stopping.is_set():
-            n = await b.slots.take_some(self._max_batch, want=max(1, b.slots.size // 4), linger=0.005)
-            try:
-                msgs = await b.sub.fetch(n, timeout=self._fetch_timeout)
-            except (TimeoutError, nats.errors.TimeoutError):
-                b.slots.give(n)
-                continue
-            except asyncio.CancelledError:
-                b.slots.give(n)
-                raise
-            except Exception as exc:  # disconnected, reconnecting, consumer briefly unavailable
-                b.slots.give(n)
-                log.warning(
-                    "fetch failed; retrying", extra={"consumer": b.route.durable, "error": redact(str(exc))}
-                )
-                await asyncio.sleep(0.5)
-                continue
-            b.slots.give(n - len(msgs))
-            for msg in msgs:
-                if self._stopping.is_set():
-                    # Fetched after SIGTERM: hand it straight back so another replica takes it now.
-                    with contextlib.suppress(Exception):
-                        await msg.nak()
-                    b.slots.give()
-                    continue
-                b.queue.put_nowait(msg)
+    def _arrived(self, b: _Bound, msg: Msg) -> None:
+        if self._stopping.is_set():
+            # Delivered after SIGTERM: hand it straight back so another replica takes it now.
+            asyncio.get_running_loop().create_task(self._hand_back(b, msg))
+            return
+        b.queue.put_nowait(msg)
+
+    async def _hand_back(self, b: _Bound, msg: Msg) -> None:
+        with contextlib.suppress(Exception):
+            await msg.nak()
+        if b.consumer:
+            b.consumer.release()
 
     async def _worker(self, b: _Bound) -> None:
+        assert b.consumer is not None
         while True:
             msg = await b.queue.get()
             b.processing += 1
@@ -264,7 +222,7 @@ class Runtime:
                 log.exception("message processing failed", extra={"consumer": b.route.durable})
             finally:
                 b.processing -= 1
-                b.slots.give()
+                b.consumer.release()
                 if b.processing == 0:
                     b.quiet.set()
 
@@ -287,63 +245,38 @@ class Runtime:
     async def _process(self, b: _Bound, msg: Msg) -> None:
         route = b.route
         started = time.monotonic()
-        meta = msg.metadata
-        deliveries = meta.num_delivered or 1
-        headers = dict(msg.headers or {})
-        attributes: dict[str, str | int] = {
-            "messaging.system": "nats",
-            "messaging.operation": "process",
-            "messaging.destination.name": msg.subject,
-            "messaging.consumer.group.name": route.durable,
-            "messaging.nats.delivery_count": deliveries,
-            "messaging.nats.stream_sequence": meta.sequence.stream,
-        }
-        node: str | None = None
-        with TRACER.start_as_current_span(
+        deliveries, sequence = delivery_of(msg)
+        headers = msg.headers or {}
+        # Started and made current by hand: `start_as_current_span` wraps the same calls in two
+        # generator-based context managers, which cost more than the rest of the span when nothing
+        # records it (daemon/observability.py).
+        span = TRACER.start_span(
             f"{msg.subject} process",
             context=propagate.extract(headers),
             kind=SpanKind.CONSUMER,
-            attributes=attributes,
-        ) as span:
-            b.progress[meta.sequence.stream] = (msg, started)
-            try:
-                if deliveries > route.max_deliver:
-                    outcome = Outcome(
-                        "term",
-                        "exhausted",
-                        reason=f"delivered {deliveries} times without finishing (the handler crashed or hung)",
-                    )
-                else:
-                    error: BaseException | None = None
-                    try:
-                        event = decode(msg.data, headers, route.event_model)
-                        node = getattr(event, "name", None)
-                        if node:
-                            span.set_attribute("castle.node", node)
-                        result = await route.handler(event, self._deps)
-                        await self._publish_outputs(route, meta.sequence.stream, result)
-                    except asyncio.CancelledError:
-                        with contextlib.suppress(Exception):
-                            await asyncio.wait_for(msg.nak(), 1.0)
-                        raise
-                    except Exception as exc:
-                        error = exc
-                    outcome = decide(error, deliveries, route.max_deliver)
-                    if error is not None and outcome.label == "error":
-                        log.error(
-                            "handler raised",
-                            extra={"subject": msg.subject, "node": node, "error": outcome.reason},
-                        )
-                settled = await self._settle(route, msg, outcome)
-            finally:
-                b.progress.pop(meta.sequence.stream, None)
-            if outcome.action != "ack":
-                span.set_status(Status(StatusCode.ERROR, outcome.reason or outcome.label))
-            span.set_attribute("castle.outcome", outcome.label)
+            attributes={
+                "messaging.system": "nats",
+                "messaging.operation": "process",
+                "messaging.destination.name": msg.subject,
+                "messaging.consumer.group.name": route.durable,
+                "messaging.nats.delivery_count": deliveries,
+                "messaging.nats.stream_sequence": sequence,
+            },
+        )
+        token = otel_context.attach(trace.set_span_in_context(span))
+        b.progress[sequence] = (msg, started)
+        try:
+            node, outcome, settled = await self._handle(route, msg, headers, deliveries, sequence, span)
+        except BaseException as exc:  # cancelled mid-handler (shutdown): the message was handed back
+            span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
+            raise
+        finally:
+            b.progress.pop(sequence, None)
+            otel_context.detach(token)
+            span.end()
         duration = time.monotonic() - started
-        labels = {"subject": msg.subject, "outcome": outcome.label}
-        EVENTS_HANDLED.add(1, labels)
-        HANDLER_SECONDS.record(duration, labels)
+        EVENTS_HANDLED.add(msg.subject, outcome.label)
+        HANDLER_SECONDS.record(duration, {"subject": msg.subject, "outcome": outcome.label})
         log.info(
             "event handled",
             extra={
@@ -356,6 +289,43 @@ class Runtime:
                 "trace_id": format(span.get_span_context().trace_id, "032x"),
             },
         )
+
+    async def _handle(
+        self, route: Route, msg: Msg, headers: dict[str, str], deliveries: int, sequence: int, span: Span
+    ) -> tuple[str | None, Outcome, bool]:
+        """Decode, run the handler, publish its outputs, settle: (node, outcome, whether settled)."""
+        node: str | None = None
+        if deliveries > route.max_deliver:
+            outcome = Outcome(
+                "term",
+                "exhausted",
+                reason=f"delivered {deliveries} times without finishing (the handler crashed or hung)",
+            )
+        else:
+            error: BaseException | None = None
+            try:
+                event = decode(msg.data, headers, route.event_model)
+                node = getattr(event, "name", None)
+                if node:
+                    span.set_attribute("castle.node", node)
+                result = await route.handler(event, self._deps)
+                await self._publish_outputs(route, sequence, result)
+            except asyncio.CancelledError:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(msg.nak(), 1.0)
+                raise
+            except Exception as exc:
+                error = exc
+            outcome = decide(error, deliveries, route.max_deliver)
+            if error is not None and outcome.label == "error":
+                log.error(
+                    "handler raised", extra={"subject": msg.subject, "node": node, "error": outcome.reason}
+                )
+        settled = await self._settle(route, msg, outcome)
+        if outcome.action != "ack":
+            span.set_status(Status(StatusCode.ERROR, outcome.reason or outcome.label))
+        span.set_attribute("castle.outcome", outcome.label)
+        return node, outcome, settled
 
     async def _publish_outputs(self, route: Route, sequence: int, result: HandlerResult) -> None:
         if result is None:
