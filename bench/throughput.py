@@ -137,7 +137,7 @@ TELEMETRY_OFF = " (telemetry off)"
 
 
 async def run(
-    messages: int = 20_000, concurrency: int = 32, repeats: int = 2, *, telemetry: bool = True
+    messages: int = 20_000, concurrency: int = 32, repeats: int = 3, *, telemetry: bool = True
 ) -> Result:
     """`telemetry` only labels the row: whether the SDK is installed is decided per process (main)."""
     rates: dict[str, list[float]] = {"raw": [], "runtime": []}
@@ -188,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     add_common_arguments(parser)
     parser.add_argument("--messages", type=int, help="messages per variant (20000; 5000 with --quick)")
     parser.add_argument("--concurrency", type=int, default=32, help="route concurrency = raw batch (32)")
-    parser.add_argument("--repeats", type=int, default=2, help="runs of each variant; the best counts (2)")
+    parser.add_argument("--repeats", type=int, default=3, help="runs of each variant; the best counts (3)")
     parser.add_argument(
         "--telemetry",
         choices=["on", "off"],
