@@ -31,17 +31,20 @@ from bench.common import (  # noqa: E402 - needs the path above
     render_table,
 )
 
-BENCHMARKS = ("throughput", "throughput_bare", "burst", "audit_sweep")
-# The same throughput benchmark twice, in separate processes: as `castle-bridge run` runs (OpenTelemetry
-# SDK, an INFO log line per event), and with telemetry off, which isolates the runtime's own machinery.
+BENCHMARKS = ("throughput", "throughput_traced", "throughput_bare", "burst", "audit_sweep")
+# The same throughput benchmark three times, in separate processes: as `castle-bridge run` runs with no
+# trace exporter (metrics, an INFO log line per event), with spans recorded and exported, and with
+# telemetry off, which isolates the runtime's own machinery.
 COMMANDS: dict[str, list[str]] = {
     "throughput": ["bench.throughput"],
+    "throughput_traced": ["bench.throughput", "--telemetry", "traced"],
     "throughput_bare": ["bench.throughput", "--telemetry", "off"],
     "burst": ["bench.burst"],
     "audit_sweep": ["bench.audit_sweep"],
 }
 ROW_NAMES = (
     "runtime throughput vs raw nats-py",
+    "runtime throughput vs raw nats-py (spans exported)",
     "runtime throughput vs raw nats-py (telemetry off)",
     "rebirth burst vs ideal",
     "rebirth burst vs sequential",

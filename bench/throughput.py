@@ -17,10 +17,13 @@ import argparse
 import asyncio
 import time
 import uuid
+from collections.abc import Sequence
 
 import nats
 from nats.aio.client import Client
 from nats.js import JetStreamContext
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 
 from bench.common import (
     Result,
@@ -37,6 +40,7 @@ from daemon.bus.codec import encode
 from daemon.bus.publisher import Publisher
 from daemon.bus.runtime import Route, Runtime
 from daemon.bus.stream import consumer_config
+from daemon.observability import setup_telemetry
 
 TARGET = ">= 0.50"
 ACK_WAIT = 30.0
@@ -133,13 +137,29 @@ async def time_runtime(nc: Client, stream: str, subject: str, messages: int, con
     return elapsed
 
 
-TELEMETRY_OFF = " (telemetry off)"
+# --telemetry: the row's label suffix and the benchmark's name in bench/run.py.
+VARIANTS = {
+    "on": ("", "throughput"),
+    "off": (" (telemetry off)", "throughput_bare"),
+    "traced": (" (spans exported)", "throughput_traced"),
+}
+
+
+class DiscardingExporter(SpanExporter):
+    """Takes every batch and drops it: the cost of recording and batching spans, not of a collector."""
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        return SpanExportResult.SUCCESS
+
+    def shutdown(self) -> None:
+        pass
 
 
 async def run(
-    messages: int = 20_000, concurrency: int = 32, repeats: int = 3, *, telemetry: bool = True
+    messages: int = 20_000, concurrency: int = 32, repeats: int = 3, *, variant: str = "on"
 ) -> Result:
-    """`telemetry` only labels the row: whether the SDK is installed is decided per process (main)."""
+    """`variant` only labels the row: what telemetry is installed is decided per process (main)."""
+    suffix, name = VARIANTS[variant]
     rates: dict[str, list[float]] = {"raw": [], "runtime": []}
     cpu_us: dict[str, list[float]] = {"raw": [], "runtime": []}
     with private_server() as server:
@@ -160,7 +180,7 @@ async def run(
             await nc.close()
     raw, ours = max(rates["raw"]), max(rates["runtime"])
     row = Row(
-        benchmark="runtime throughput vs raw nats-py" + ("" if telemetry else TELEMETRY_OFF),
+        benchmark="runtime throughput vs raw nats-py" + suffix,
         measured=ours,
         reference=raw,
         unit="msg/s",
@@ -180,7 +200,7 @@ async def run(
         "raw_cpu_us_per_msg": [round(c, 1) for c in cpu_us["raw"]],
         "runtime_cpu_us_per_msg": [round(c, 1) for c in cpu_us["runtime"]],
     }
-    return Result("throughput" if telemetry else "throughput_bare", [row], details, peak_rss_mb())
+    return Result(name, [row], details, peak_rss_mb())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -191,16 +211,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3, help="runs of each variant; the best counts (3)")
     parser.add_argument(
         "--telemetry",
-        choices=["on", "off"],
+        choices=list(VARIANTS),
         default="on",
-        help="on: as `castle-bridge run` (span, metrics and an INFO log line per event); off: no OpenTelemetry "
-        "SDK and logs at WARNING, i.e. the runtime's own machinery",
+        help="on: as `castle-bridge run` with no trace exporter (metrics, an INFO log line per event, spans "
+        "made but not recorded); traced: spans recorded and batched to an exporter that drops them; off: no "
+        "OpenTelemetry SDK and logs at WARNING, i.e. the runtime's own machinery",
     )
     args = parser.parse_args(argv)
-    telemetry = args.telemetry == "on"
-    setup_process(args.log_level if telemetry else "WARNING", telemetry=telemetry)
+    setup_process(args.log_level if args.telemetry != "off" else "WARNING", telemetry=args.telemetry != "off")
+    if args.telemetry == "traced":
+        setup_telemetry().add_span_processor(BatchSpanProcessor(DiscardingExporter()))
     messages = args.messages or (5_000 if args.quick else 20_000)
-    result = asyncio.run(run(messages, args.concurrency, args.repeats, telemetry=telemetry))
+    result = asyncio.run(run(messages, args.concurrency, args.repeats, variant=args.telemetry))
     return report(result, args.json)
 
 

@@ -29,17 +29,18 @@ def _positive(result: Result) -> None:
 async def test_each_benchmark_runs_at_a_tiny_size_and_the_table_has_every_row() -> None:
     results = [
         await throughput.run(messages=200, concurrency=16, repeats=1),
-        await throughput.run(messages=200, concurrency=16, repeats=1, telemetry=False),
+        await throughput.run(messages=200, concurrency=16, repeats=1, variant="traced"),
+        await throughput.run(messages=200, concurrency=16, repeats=1, variant="off"),
         await burst.run(nodes=4, latency=0.002, concurrency=2, sample=1),
         await audit_sweep.run(nodes=20, latency=0.002, audit_concurrency=4),
     ]
     for result in results:
         _positive(result)
 
-    chain = results[2].details
+    chain = results[3].details
     assert chain["nodes_failed"] == 0 and chain["waves"] == 2
     assert chain["external_calls_per_node"] >= 10  # the whole chain ran, not a shortcut
-    audit = results[3].details
+    audit = results[4].details
     calls = {name: audit["calls"].get(name, 0) for name in ("extension_config", "list_devices")}
     assert calls == {"extension_config": 20, "list_devices": 1}, audit
     assert audit["drift_events"] == 0  # a healthy castle: the audit finds nothing to heal

@@ -39,7 +39,11 @@ def describe_validation(exc: ValidationError) -> str:
 
 
 def _declared_structured(headers: Mapping[str, str]) -> bool:
-    content_type = next((v for k, v in headers.items() if k.lower() == "content-type"), "")
+    # Header names are case-insensitive; castle-bridge itself writes the lower-case form, so look that up
+    # first and scan only when it is absent.
+    content_type = headers.get("content-type")
+    if content_type is None:
+        content_type = next((v for k, v in headers.items() if k.lower() == "content-type"), "")
     return content_type.startswith("application/cloudevents+json")
 
 
