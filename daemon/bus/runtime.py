@@ -103,6 +103,7 @@ class Runtime:
         self._pull_expiry = pull_expiry
         self._bound: list[_Bound] = []
         self._stopping = asyncio.Event()
+        self._handing_back: set[asyncio.Task[None]] = set()
 
     @property
     def bound(self) -> bool:
@@ -160,6 +161,8 @@ class Runtime:
             # Delivered but not started: hand back at once so another replica takes them now.
             while not b.queue.empty():
                 await self._hand_back(b, b.queue.get_nowait())
+        if self._handing_back:  # the naks of what arrived while the pull requests were ending
+            await asyncio.wait(set(self._handing_back), timeout=5)
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(grace):
                 for b in self._bound:
@@ -200,7 +203,9 @@ class Runtime:
     def _arrived(self, b: _Bound, msg: Msg) -> None:
         if self._stopping.is_set():
             # Delivered after SIGTERM: hand it straight back so another replica takes it now.
-            asyncio.get_running_loop().create_task(self._hand_back(b, msg))
+            task = asyncio.get_running_loop().create_task(self._hand_back(b, msg))
+            self._handing_back.add(task)
+            task.add_done_callback(self._handing_back.discard)
             return
         b.queue.put_nowait(msg)
 
