@@ -128,3 +128,31 @@ async def test_the_runtime_puts_back_a_deleted_consumer_and_goes_on_consuming(
         assert "consumer was missing and has been created again" in messages
     finally:
         await runtime.stop(grace=2)
+
+
+async def test_under_steady_load_it_stays_within_capacity_and_keeps_no_stale_requests(
+    nc: Client, js: JetStreamContext, castle_stream: str
+) -> None:
+    total, capacity = 600, 8
+    for i in range(total):
+        await js.publish(subjects.VM_CREATED, json.dumps({**VM, "vmid": i + 1}).encode())
+    queue: asyncio.Queue[Msg] = asyncio.Queue()
+    consumer = PullConsumer(
+        nc, castle_stream, await _durable(js, castle_stream, "steady"), queue.put_nowait, capacity=capacity
+    )
+    await consumer.start()
+    seen: set[int] = set()
+    worst = 0
+    try:
+        while len(seen) < total:
+            msg = await asyncio.wait_for(queue.get(), 10)
+            worst = max(worst, consumer.outstanding + consumer.held)
+            seen.add(delivery_of(msg)[1])
+            await msg.ack()
+            consumer.release()
+        # Fulfilled requests are forgotten as they are fulfilled, not only when their expiry passes.
+        assert len(consumer._requests) <= 2
+    finally:
+        await consumer.stop_pulling()
+        await consumer.close()
+    assert worst <= capacity and len(seen) == total

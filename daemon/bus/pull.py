@@ -94,7 +94,9 @@ class PullConsumer:
         self._pulling = False
         self.outstanding = 0  # requested, not yet delivered
         self.held = 0  # delivered, not yet released
-        self._requests: deque[tuple[float, int]] = deque()  # (write-off time, size), oldest first
+        # Open requests, oldest first: [write-off time, messages still owed]. The server serves a
+        # consumer's waiting requests in order, so each message counts against the oldest.
+        self._requests: deque[list[float]] = deque()
         self._last_warning = 0.0
         self._paused_until = 0.0
         # Called before asking again when the server says the consumer is gone (an operator deleted it,
@@ -170,7 +172,7 @@ class PullConsumer:
             self._paused_until = time.monotonic() + _RETRY_PAUSE
             return
         self.outstanding += batch
-        self._requests.append((time.monotonic() + self._expires + _GRACE, batch))
+        self._requests.append([time.monotonic() + self._expires + _GRACE, batch])
 
     def _write_off_lapsed(self) -> None:
         now = time.monotonic()
@@ -179,14 +181,17 @@ class PullConsumer:
             self._requests.popleft()
             lapsed = True
         if lapsed:  # what the remaining requests were for is all that can still come
-            self.outstanding = min(self.outstanding, sum(size for _, size in self._requests))
+            self.outstanding = min(self.outstanding, self._owed_by_open_requests())
+
+    def _owed_by_open_requests(self) -> int:
+        return int(sum(owed for _, owed in self._requests))
 
     def _request_over(self, owed: int | None) -> None:
         """The server ended the oldest open request, still owing `owed` messages (None: unknown)."""
         if self._requests:
             self._requests.popleft()
         if owed is None:
-            self.outstanding = min(self.outstanding, sum(s for _, s in self._requests))
+            self.outstanding = min(self.outstanding, self._owed_by_open_requests())
         else:
             self.outstanding = max(0, self.outstanding - owed)
         self._wake.set()
@@ -195,6 +200,11 @@ class PullConsumer:
         status = _status_of(msg)
         if status is None:
             self.outstanding = max(0, self.outstanding - 1)
+            if self._requests:
+                oldest = self._requests[0]
+                oldest[1] -= 1
+                if oldest[1] <= 0:  # fulfilled: the server sends nothing more about it
+                    self._requests.popleft()
             self.held += 1
             self._deliver(msg)
             if self.outstanding == 0:
