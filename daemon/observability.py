@@ -21,23 +21,36 @@ from opentelemetry.sdk.metrics.export import MetricReader, PeriodicExportingMetr
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
-from opentelemetry.sdk.trace.sampling import Decision, Sampler, SamplingResult
+from opentelemetry.sdk.trace.sampling import (
+    ALWAYS_OFF,
+    ALWAYS_ON,
+    Decision,
+    ParentBased,
+    Sampler,
+    SamplingResult,
+    TraceIdRatioBased,
+)
 from opentelemetry.trace import Link, SpanKind, TraceState
 from opentelemetry.util.types import Attributes
 from prometheus_client import CollectorRegistry
 
+from daemon.config import ConfigError
+
 
 class RecordWhileExporting(Sampler):
-    """Record every span while something exports spans; otherwise only make the ids.
+    """Record spans only while something exports them; otherwise only make the ids.
 
     With no exporter, a recorded span costs more than the rest of handling an event and goes nowhere.
     Unrecorded spans still carry trace and span ids, so `traceparent` travels from event to event, log
-    lines name their trace and a heal continues the node's trace. The parent's sampled flag is not
-    followed: a replica that exports records its part even when the publisher did not.
+    lines name their trace and a heal continues the node's trace. While exporting, every span is recorded
+    unless the operator chose a sampler (`OTEL_TRACES_SAMPLER`, then that one decides); the parent's
+    sampled flag is not followed by default, so a replica that exports records its part even when the
+    publisher did not.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, when_exporting: Sampler | None = None) -> None:
         self.exporting = False
+        self._when_exporting = when_exporting
 
     def should_sample(
         self,
@@ -49,6 +62,10 @@ class RecordWhileExporting(Sampler):
         links: Sequence[Link] | None = None,
         trace_state: TraceState | None = None,
     ) -> SamplingResult:
+        if self.exporting and self._when_exporting is not None:
+            return self._when_exporting.should_sample(
+                parent_context, trace_id, name, kind, attributes, links, trace_state
+            )
         parent_state = trace.get_current_span(parent_context).get_span_context().trace_state
         if self.exporting:
             return SamplingResult(Decision.RECORD_AND_SAMPLE, attributes, parent_state)
@@ -56,6 +73,31 @@ class RecordWhileExporting(Sampler):
 
     def get_description(self) -> str:
         return "RecordWhileExporting"
+
+
+def sampler_from_environment() -> Sampler | None:
+    """The sampler `OTEL_TRACES_SAMPLER` (and `_ARG`) names, None when unset; a bad value stops start-up."""
+    name = os.environ.get("OTEL_TRACES_SAMPLER", "").strip().lower()
+    if not name:
+        return None
+    raw_ratio = os.environ.get("OTEL_TRACES_SAMPLER_ARG", "1.0")
+    try:
+        ratio = float(raw_ratio)
+    except ValueError:
+        raise ConfigError(f"OTEL_TRACES_SAMPLER_ARG: {raw_ratio!r} is not a number") from None
+    if not 0.0 <= ratio <= 1.0:
+        raise ConfigError(f"OTEL_TRACES_SAMPLER_ARG: {raw_ratio!r} is not between 0 and 1")
+    samplers: dict[str, Sampler] = {
+        "always_on": ALWAYS_ON,
+        "always_off": ALWAYS_OFF,
+        "traceidratio": TraceIdRatioBased(ratio),
+        "parentbased_always_on": ParentBased(ALWAYS_ON),
+        "parentbased_always_off": ParentBased(ALWAYS_OFF),
+        "parentbased_traceidratio": ParentBased(TraceIdRatioBased(ratio)),
+    }
+    if name not in samplers:
+        raise ConfigError(f"OTEL_TRACES_SAMPLER: {name!r} is not one of {', '.join(samplers)}")
+    return samplers[name]
 
 
 @dataclass
@@ -92,7 +134,7 @@ def setup_telemetry(service_name: str = "castle-bridge") -> Telemetry:
     if _installed is not None:
         return _installed
     resource = Resource.create({"service.name": os.environ.get("OTEL_SERVICE_NAME", service_name)})
-    sampler = RecordWhileExporting()
+    sampler = RecordWhileExporting(sampler_from_environment())
     tracer_provider = TracerProvider(resource=resource, sampler=sampler)
     registry = CollectorRegistry(auto_describe=True)
     readers: list[MetricReader] = [PrometheusMetricReader(registry=registry, scope_info_enabled=False)]

@@ -7,6 +7,7 @@ import json
 from collections import defaultdict
 
 import httpx
+import pytest
 from opentelemetry import propagate, trace
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -15,8 +16,9 @@ from opentelemetry.trace import SpanKind
 
 from contracts import subjects
 from daemon.app import Adapters, Daemon
+from daemon.config import ConfigError
 from daemon.natsserver import NatsServer
-from daemon.observability import RecordWhileExporting
+from daemon.observability import RecordWhileExporting, sampler_from_environment
 from tests.busutil import eventually
 from tests.castle_fixtures import LogCapture, scan_for, simulated_castle
 from tests.daemon_fixtures import daemon_settings
@@ -190,3 +192,29 @@ def test_spans_are_recorded_only_while_something_exports_them_and_ids_travel_eit
     recorded.end()
     [span] = exporter.get_finished_spans()
     assert span.context.trace_id == 0x0AF7651916CD43DD8448EB211C80319C and span.name == "talos.ready process"
+
+
+def test_an_operator_chosen_sampler_decides_while_exporting_and_a_bad_one_stops_start_up(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER", "traceidratio")
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER_ARG", "0")
+    sampler = RecordWhileExporting(sampler_from_environment())
+    tracer = TracerProvider(sampler=sampler).get_tracer("test")
+    sampler.exporting = True
+    assert not tracer.start_span("vm.created process").is_recording()  # ratio 0: the operator's choice
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER_ARG", "1")
+    sampler = RecordWhileExporting(sampler_from_environment())
+    sampler.exporting = True
+    assert TracerProvider(sampler=sampler).get_tracer("test").start_span("x").is_recording()
+
+    monkeypatch.delenv("OTEL_TRACES_SAMPLER_ARG")
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER", "sometimes")
+    with pytest.raises(ConfigError, match="OTEL_TRACES_SAMPLER: 'sometimes' is not one of always_on"):
+        sampler_from_environment()
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER", "traceidratio")
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER_ARG", "lots")
+    with pytest.raises(ConfigError, match="OTEL_TRACES_SAMPLER_ARG: 'lots' is not a number"):
+        sampler_from_environment()
+    monkeypatch.delenv("OTEL_TRACES_SAMPLER")
+    assert sampler_from_environment() is None
