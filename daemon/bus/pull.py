@@ -8,9 +8,9 @@ message lands in the same callback.
 
 Capacity is the route's concurrency: messages requested but not yet delivered plus messages delivered
 and not yet released never exceed it, so a replica never holds more than it can work on and the others
-get the rest. Requests expire after `expires` seconds (the server answers an unfulfilled one with a 408
-status saying how many messages it still owed); a request whose end was never seen (a reconnect, a
-server restart) is written off a grace period after its expiry, so capacity can never leak.
+get the rest. A request is over when its last message arrives or the server ends it (408 at its expiry,
+409/503 when the consumer is gone); one whose end was never seen (a reconnect, a server restart) is
+written off a grace period after its expiry, so capacity can never leak.
 """
 
 from __future__ import annotations
@@ -32,7 +32,6 @@ from contracts.redact import redact
 log = logging.getLogger("castle_bridge.runtime")
 
 _ACK_PREFIX = "$JS.ACK."
-_PENDING_MESSAGES = "Nats-Pending-Messages"
 _GRACE = 1.0  # after a request's expiry, how long its 408 may still be on the way
 _RETRY_PAUSE = 0.5  # after the server could not take a request (no consumer, not connected)
 
@@ -92,7 +91,6 @@ class PullConsumer:
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._pulling = False
-        self.outstanding = 0  # requested, not yet delivered
         self.held = 0  # delivered, not yet released
         # Open requests, oldest first: [write-off time, messages still owed]. The server serves a
         # consumer's waiting requests in order, so each message counts against the oldest.
@@ -103,6 +101,11 @@ class PullConsumer:
         # a stream was restored): the daemon puts it back instead of asking a missing consumer forever.
         self._recreate = recreate
         self._missing = False
+
+    @property
+    def outstanding(self) -> int:
+        """Messages requested and not yet delivered."""
+        return int(sum(owed for _, owed in self._requests))
 
     async def start(self) -> None:
         self._sub = await self._nc.subscribe(self._inbox, cb=self._on_message)
@@ -171,51 +174,35 @@ class PullConsumer:
             self._warn("pull request not sent; retrying", error=redact(str(exc)))
             self._paused_until = time.monotonic() + _RETRY_PAUSE
             return
-        self.outstanding += batch
         self._requests.append([time.monotonic() + self._expires + _GRACE, batch])
 
     def _write_off_lapsed(self) -> None:
         now = time.monotonic()
-        lapsed = False
         while self._requests and self._requests[0][0] <= now:
             self._requests.popleft()
-            lapsed = True
-        if lapsed:  # what the remaining requests were for is all that can still come
-            self.outstanding = min(self.outstanding, self._owed_by_open_requests())
 
-    def _owed_by_open_requests(self) -> int:
-        return int(sum(owed for _, owed in self._requests))
-
-    def _request_over(self, owed: int | None) -> None:
-        """The server ended the oldest open request, still owing `owed` messages (None: unknown)."""
+    def _request_over(self) -> None:
+        """The server ended the oldest open request: nothing more comes for it."""
         if self._requests:
             self._requests.popleft()
-        if owed is None:
-            self.outstanding = min(self.outstanding, self._owed_by_open_requests())
-        else:
-            self.outstanding = max(0, self.outstanding - owed)
         self._wake.set()
 
     async def _on_message(self, msg: Msg) -> None:
         status = _status_of(msg)
         if status is None:
-            self.outstanding = max(0, self.outstanding - 1)
             if self._requests:
                 oldest = self._requests[0]
                 oldest[1] -= 1
                 if oldest[1] <= 0:  # fulfilled: the server sends nothing more about it
                     self._requests.popleft()
+                    self._wake.set()
             self.held += 1
             self._deliver(msg)
-            if self.outstanding == 0:
-                self._wake.set()
             return
         if status == "100":  # idle heartbeat (not requested, harmless)
             return
-        owed_header = msg.headers.get(_PENDING_MESSAGES) if msg.headers else None
-        owed = int(owed_header) if owed_header and owed_header.isdigit() else None
         if status in ("404", "408"):  # no messages / request expired: the normal end of an idle request
-            self._request_over(owed)
+            self._request_over()
             return
         # 409 (consumer deleted, leadership change, limits), 503 (no responders: no such consumer yet).
         description = msg.headers.get("Description", "") if msg.headers else ""
@@ -223,7 +210,7 @@ class PullConsumer:
         # 503: nothing answered the request, so there is no such consumer; 409 says so when it was deleted.
         self._missing = status == "503" or "deleted" in description.lower()
         self._paused_until = time.monotonic() + _RETRY_PAUSE  # asking again at once would only spin
-        self._request_over(owed)
+        self._request_over()
 
     def _warn(self, message: str, **extra: str) -> None:
         # At most one a second: a deleted consumer would otherwise log at the pull rate.
