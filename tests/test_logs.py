@@ -11,6 +11,7 @@ from collections.abc import Iterator
 import pytest
 
 from daemon.logs import FLUSH_DELAY, setup_logging
+from tests.busutil import eventually
 
 
 class FlushedStream(io.StringIO):
@@ -44,7 +45,9 @@ async def test_info_lines_reach_the_stream_together_within_the_flush_delay(strea
     for i in range(3):
         log.info("event handled", extra={"subject": "vm.created", "deliveries": i})
     assert stream.seen == ""  # written, not yet flushed
-    await asyncio.sleep(FLUSH_DELAY + 0.1)
+    await asyncio.sleep(FLUSH_DELAY / 2)
+    assert stream.seen == ""
+    await eventually(lambda: len(stream.lines()) == 3, within=FLUSH_DELAY + 2)
     assert [line["deliveries"] for line in stream.lines()] == [0, 1, 2]
     assert {line["level"] for line in stream.lines()} == {"info"}
 

@@ -151,8 +151,9 @@ async def test_under_steady_load_it_stays_within_capacity_and_keeps_no_stale_req
             seen.add(delivery_of(msg)[1])
             await msg.ack()
             consumer.release()
-        # Fulfilled requests are forgotten as they are fulfilled, not only when their expiry passes.
-        assert len(consumer._requests) <= 2
+        # Fulfilled requests are forgotten as they are fulfilled, not only when their expiry passes (some
+        # hundred requests were made; only those still owed messages may be left).
+        assert len(consumer._requests) <= capacity // 2
     finally:
         await consumer.stop_pulling()
         await consumer.close()
