@@ -165,7 +165,12 @@ class Daemon:
         port = s.embedded_port or -1
         self.embedded = NatsServer(s.data_dir.resolve(), port=port).start()
         self._stack.callback(self._stop_embedded)
-        embedded_url_file(self.settings).write_text(self.embedded.url + "\n")
+        # Written aside and renamed into place: `status`, `emit` (and tests) read it as soon as it exists,
+        # and a plain write could be seen empty.
+        url_file = embedded_url_file(self.settings)
+        staged = url_file.with_name(f".{URL_FILE}.{os.getpid()}")
+        staged.write_text(self.embedded.url + "\n")
+        staged.replace(url_file)
         log.info("embedded nats-server started", extra={"url": self.embedded.url, "store": str(s.data_dir)})
         return self.embedded.url
 
