@@ -21,14 +21,20 @@ _ACK_PREFIX = "$JS.ACK."
 _library_status_of = JetStreamContext.is_status_msg  # the class's own (bound) classmethod
 
 
+def is_stored(msg: Msg) -> bool:
+    """A message a consumer delivered from the stream (it has an ack subject), whatever its headers."""
+    return (msg.reply or "").startswith(_ACK_PREFIX)
+
+
 def _status_of(cls: Any, msg: Msg | None) -> str | None:
-    if msg is not None and (msg.reply or "").startswith(_ACK_PREFIX):
+    if msg is not None and is_stored(msg):
         return None  # a stored message, whatever headers its publisher gave it
     status: str | None = _library_status_of(msg)
     return status
 
 
 def install() -> None:
-    """Idempotent; `daemon.bus.connection.connect` calls it before the daemon fetches anything."""
+    """Idempotent; `daemon.bus.connection.connect` calls it before the daemon fetches anything (the
+    state listing still uses nats-py's fetch; the runtime's own pull applies `is_stored` itself)."""
     if getattr(JetStreamContext.is_status_msg, "__func__", None) is not _status_of:
         JetStreamContext.is_status_msg = classmethod(_status_of)  # type: ignore[method-assign,assignment]

@@ -28,10 +28,10 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from contracts.redact import redact
+from daemon.bus.nats_status import is_stored
 
 log = logging.getLogger("castle_bridge.runtime")
 
-_ACK_PREFIX = "$JS.ACK."
 _GRACE = 1.0  # after a request's expiry, how long its 408 may still be on the way
 _RETRY_PAUSE = 0.5  # after the server could not take a request (no consumer, not connected)
 
@@ -42,7 +42,7 @@ def _status_of(msg: Msg) -> str | None:
     A stored message always has its ack subject as reply, whatever headers its publisher gave it (a
     publisher's own `Status` header must not make an event vanish, see daemon/bus/nats_status.py).
     """
-    if (msg.reply or "").startswith(_ACK_PREFIX) or not msg.headers:
+    if is_stored(msg) or not msg.headers:
         return None
     return msg.headers.get("Status")
 
